@@ -1,0 +1,55 @@
+"""The paper's AVDiT (Kim et al., 2024): 24 layers, width 1024, 16 heads, on MAGVIT-v2 + SoundStream latents.
+
+Video: 17 frames at 128x128 -> latent 5x16x16x8 (causal: frame 1 alone, then groups of 4).
+Audio: 16 kHz SoundStream at 50 Hz before quantisation -> 106 frames x 1024 channels for 2.125 s.
+N = 5 segments, one per video latent frame: audio frames [6, 25, 25, 25, 25].
+Point `--config.data.dir` at a dataset prepared with `python -m monl.data.prepare`.
+Variants: `configs/avdit_paper.py:strategy=pm` etc. (see common.STRATEGY_PRESETS).
+"""
+from configs import common
+
+
+def get_config(arg: str | None = None):
+  config = common.base_config()
+  config.data.dir = "gs://YOUR_BUCKET/avdit_latents"  # prepared dataset (dataset.json + ArrayRecord)
+  config.data.batch_size = 256
+  config.data.num_threads = 16
+  config.data.prefetch = 4
+
+  config.layout.modalities = ("video", "audio")
+  config.layout.video.shape = (5, 16, 16, 8)
+  config.layout.video.patch = (1, 2, 2)
+  config.layout.video.segments = (1, 1, 1, 1, 1)
+  config.layout.audio.shape = (106, 1024)
+  config.layout.audio.patch = (1,)
+  config.layout.audio.segments = (6, 25, 25, 25, 25)
+
+  config.model.width = 1024
+  config.model.depth = 24
+  config.model.num_heads = 16
+  config.model.mlp_ratio = 4
+  config.model.self_cond_rate = 0.9
+  config.model.dtype = "bfloat16"
+  config.model.remat_policy = "dots_no_batch"
+
+  config.schedule.kind = "linear"
+  config.schedule.num_steps = 1000
+
+  config.train.num_steps = 400_000
+  config.train.lr = 5e-4
+  config.train.warmup_steps = 5000
+  config.train.weight_decay = 0.01
+  config.train.ema_decay = 0.9999
+  config.train.log_every = 100
+  config.ckpt.every = 2000
+  config.ckpt.keep = 5
+
+  config.mesh.data = -1
+  config.mesh.fsdp = 1
+  config.mesh.rules = "fsdp"
+
+  config.sample.steps = 250
+  config.sample.batch_size = 16
+
+  common.apply_variant(config, arg)
+  return config

@@ -1,0 +1,132 @@
+"""Shared config skeleton: every field of every group, with its default and one line on what it does.
+
+Config files (`default.py`, `avdit_paper.py`, ...) start from `base_config()` and override what differs.
+Variants after the colon (`configs/default.py:strategy=pm,clean_prob=0.1`) go through `apply_variant`.
+"""
+import ml_collections
+
+# Mixture-of-noise-levels presets: weights over (vanilla, per_modality, per_segment, per_cell).
+# `per_cell` is the paper's "per time-segment and modality" strategy.
+STRATEGY_PRESETS = {
+    "monl": (1.0, 1.0, 1.0, 1.0),
+    "vanilla": (1.0, 0.0, 0.0, 0.0),
+    "pm": (0.0, 1.0, 0.0, 0.0),
+    "pt": (0.0, 0.0, 1.0, 0.0),
+    "ptm": (0.0, 0.0, 0.0, 1.0),
+    "pt_pm_ptm": (0.0, 1.0, 1.0, 1.0),
+}
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # root of every random stream (params, noise, data order)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dir = ""  # dataset directory, local or gs://; '' = built-in synthetic dataset
+  c.data.builtin_dir = "~/.cache/monl/synthetic_v1"  # where the built-in dataset is built on first use
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  c.data.batch_size = 16  # global batch, split over processes
+  c.data.shuffle_seed = 0
+  c.data.num_threads = 2  # Grain read threads per process
+  c.data.prefetch = 2  # Grain prefetch buffer (batches)
+  c.data.worker_count = 0  # Grain worker processes (0 = in-process; faster on small hosts)
+  c.data.synthetic = ml_collections.ConfigDict()
+  c.data.synthetic.num_train = 2048
+  c.data.synthetic.num_test = 256
+  c.data.synthetic.seed = 0
+  c.data.synthetic.num_shards = 4
+
+  # Latent layout: per modality its per-example shape (time axis first), patch and segment lengths.
+  c.layout = ml_collections.ConfigDict()
+  c.layout.modalities = ("video", "audio")
+  c.layout.video = ml_collections.ConfigDict()
+  c.layout.video.shape = (16, 16, 16, 3)
+  c.layout.video.patch = (2, 4, 4)
+  c.layout.video.segments = (4, 4, 4, 4)
+  c.layout.audio = ml_collections.ConfigDict()
+  c.layout.audio.shape = (64, 16)
+  c.layout.audio.patch = (4,)
+  c.layout.audio.segments = (16, 16, 16, 16)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.width = 128
+  c.model.depth = 4
+  c.model.num_heads = 4
+  c.model.mlp_ratio = 4
+  c.model.self_cond_rate = 0.0  # probability of a self-conditioning pass in training (paper: 0.9)
+  c.model.dtype = "float32"  # compute dtype
+  c.model.param_dtype = "float32"
+  c.model.remat_policy = "none"  # none | full | dots | dots_no_batch
+  c.model.scan_layers = True
+  c.model.attention = "xla"  # xla (einsum, heads-major) | dot_product (jax.nn.dot_product_attention)
+  c.model.freq_embed_dim = 256  # sinusoidal timestep features before the MLP
+
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.kind = "linear"  # linear | cosine
+  c.schedule.num_steps = 1000  # T
+  c.schedule.beta_start = 1e-4  # linear schedule endpoints
+  c.schedule.beta_end = 2e-2
+
+  c.mixture = ml_collections.ConfigDict()
+  c.mixture.weights = STRATEGY_PRESETS["monl"]  # (vanilla, per_modality, per_segment, per_cell)
+  c.mixture.clean_prob = 0.0  # probability that a cell is drawn clean (t = 0); excluded from the loss
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 1000
+  c.train.lr = 1e-3
+  c.train.warmup_steps = 100
+  c.train.end_lr_fraction = 0.0  # cosine decays to lr * this
+  c.train.weight_decay = 0.0
+  c.train.b1 = 0.9
+  c.train.b2 = 0.999
+  c.train.grad_clip = 1.0
+  c.train.ema_decay = 0.9999
+  c.train.log_every = 50
+  c.train.num_level_buckets = 4  # metrics per noise-level bucket
+
+  c.ckpt = ml_collections.ConfigDict()
+  c.ckpt.every = 500
+  c.ckpt.keep = 3
+  c.ckpt.async_save = True
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # -1 = fill with the remaining devices
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.mesh.sequence = 1
+  c.mesh.rules = "dp"  # dp | fsdp | fsdp_tp
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.sampler = "ddim"  # ddim | ddpm
+  c.sample.steps = 50
+  c.sample.eta = 0.0  # DDIM eta
+  c.sample.guidance = 0.0  # s in (1 + s) eps_cond - s eps_uncond
+  c.sample.mode = "monl"  # monl | replacement
+  c.sample.batch_size = 16
+  c.sample.use_ema = True
+  c.sample.continue_segments = 2  # k for the `continue` task
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num = 256
+  c.eval.tasks = "all"
+  return c
+
+
+def apply_variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """Applies `key=value[,key=value]` variants: `strategy=<preset>`, `clean_prob=<float>`."""
+  if not arg:
+    return config
+  for item in arg.split(","):
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise ValueError(f"config variant {item!r}: expected key=value (e.g. strategy=pm)")
+    if key == "strategy":
+      if value not in STRATEGY_PRESETS:
+        raise ValueError(f"config variant strategy={value!r}: known presets are {sorted(STRATEGY_PRESETS)}")
+      config.mixture.weights = STRATEGY_PRESETS[value]
+    elif key == "clean_prob":
+      config.mixture.clean_prob = float(value)
+    else:
+      raise ValueError(f"config variant {key!r}: known keys are strategy, clean_prob")
+  return config

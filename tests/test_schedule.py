@@ -1,0 +1,73 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from monl import schedule as S
+
+
+def test_tables():
+  lin = S.Schedule.from_betas(S.linear_betas(1000))
+  assert lin.num_steps == 1000 and lin.alpha_bar[0] == 1.0
+  np.testing.assert_allclose(lin.alpha_bar[1], 1 - 1e-4, rtol=1e-6)
+  assert np.all(np.diff(lin.alpha_bar) < 0)
+  assert lin.alpha_bar[-1] < 1e-4  # the last level is (almost) pure noise
+  cos = S.Schedule.from_betas(S.cosine_betas(1000))
+  assert cos.alpha_bar[0] == 1.0 and np.all(np.diff(cos.alpha_bar) < 0) and cos.alpha_bar[-1] < 1e-6
+
+
+def test_add_noise_per_cell_moments_and_clean_cells():
+  """Every cell gets exactly its own level's mean and variance; t = 0 cells come back untouched."""
+  sched = S.Schedule.from_betas(S.linear_betas(1000))
+  b, k = 20000, 6
+  cell_index = np.array([0, 0, 1, 2, 3, 3])  # 2 modalities x 2 segments
+  t = jnp.broadcast_to(jnp.array([[0, 10], [500, 1000]]), (b, 2, 2))
+  z0 = jnp.broadcast_to(jnp.array([1.0, -2.0, 3.0, 0.5, 2.0, -1.0])[None, :, None], (b, k, 3))
+  eps = jax.random.normal(jax.random.key(0), z0.shape)
+  z = np.asarray(S.add_noise(sched, z0, eps, t, cell_index))
+  ab = sched.alpha_bar[np.array([0, 0, 10, 500, 1000, 1000])]
+  mean = np.sqrt(ab) * np.asarray(z0[0, :, 0])
+  std = np.sqrt(1 - ab)
+  np.testing.assert_array_equal(z[:, :2], np.asarray(z0[:, :2]))  # clean cell, bit-identical
+  for j in range(2, k):
+    se = std[j] / np.sqrt(z.shape[0] * 3)
+    assert abs(z[:, j].mean() - mean[j]) < 5 * se + 1e-6, j
+    np.testing.assert_allclose(z[:, j].std(), std[j], rtol=0.02)
+
+
+def test_conversions_round_trip():
+  ab = jnp.array([0.9, 0.5, 0.01])[:, None]
+  x0 = jnp.array([[0.3, -1.0]] * 3)
+  eps = jnp.array([[1.5, 0.2]] * 3)
+  x_t = jnp.sqrt(ab) * x0 + jnp.sqrt(1 - ab) * eps
+  np.testing.assert_allclose(S.eps_to_x0(x_t, eps, ab), x0, atol=1e-5)
+  np.testing.assert_allclose(S.x0_to_eps(x_t, x0, ab), eps, atol=1e-4)
+  v = S.eps_to_v(x0, eps, ab)
+  np.testing.assert_allclose(S.v_to_eps(x_t, v, ab), eps, atol=1e-5)
+  np.testing.assert_allclose(S.v_to_x0(x_t, v, ab), x0, atol=1e-5)
+
+
+def test_ddim_eta_one_is_ddpm_posterior():
+  key = jax.random.key(1)
+  x_t, eps, noise = jax.random.normal(key, (3, 4, 5))
+  ab_t = jnp.array([0.2, 0.5, 0.7, 0.3])[:, None]
+  ab_s = jnp.array([0.4, 0.6, 0.7, 0.9])[:, None]  # third row: level unchanged
+  a = S.ddim_step(x_t, eps, ab_t, ab_s, 1.0, noise)
+  b = S.ddpm_step(x_t, eps, ab_t, ab_s, noise)
+  np.testing.assert_allclose(a, b, atol=1e-5)
+  np.testing.assert_array_equal(a[2], x_t[2])
+
+
+def test_ddim_deterministic_step_to_clean_returns_x0():
+  x0 = jnp.array([[0.5, -0.25]])
+  eps = jnp.array([[0.1, 0.9]])
+  ab_t = jnp.full((1, 1), 0.3)
+  x_t = jnp.sqrt(ab_t) * x0 + jnp.sqrt(1 - ab_t) * eps
+  np.testing.assert_allclose(S.ddim_step(x_t, eps, ab_t, jnp.ones((1, 1)), 0.0, jnp.zeros_like(x0)), x0,
+                             atol=1e-6)
+
+
+def test_bad_kind():
+  import ml_collections
+  with pytest.raises(ValueError, match="config.schedule.kind='sqrt'"):
+    S.Schedule.from_config(ml_collections.ConfigDict(dict(kind="sqrt", num_steps=10)))
