@@ -3,6 +3,8 @@
   python -m monl.main train  --config configs/default.py --workdir /tmp/monl [--config.train.lr=3e-4]
   python -m monl.main params --config configs/avdit_paper.py
   python -m monl.main data   --config configs/default.py      # build/describe the configured dataset
+  python -m monl.main sample --config configs/default.py --workdir /tmp/monl --task a2v \
+      [--input DIR --split test --num 16 --steps 50 --guidance 1.5 --seed 0] --output DIR
 """
 from __future__ import annotations
 
@@ -12,12 +14,28 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-COMMANDS = ("train", "params", "data")
+COMMANDS = ("train", "params", "data", "sample")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/default.py[:strategy=pm].",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and outputs.")
+# sample
+flags.DEFINE_string("task", "all", "Named task (joint, a2v, v2a, continue, continue_2s, inpaint, "
+                    "continue_<m>[_with_<o>]), a mask like 'video:1-2,audio:all', or 'all'.")
+flags.DEFINE_string("input", "", "Dataset dir or .npz dir to condition on ('' = the training dataset).")
+flags.DEFINE_string("split", "test", "Split of --input when it is a dataset.")
+flags.DEFINE_integer("num", 16, "Clips per task.")
+flags.DEFINE_integer("steps", None, "Sampling steps (default config.sample.steps).")
+flags.DEFINE_string("guidance", "", "Guidance scale s: one float, or per modality 'video=2,audio=1'.")
+flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_string("sampler", None, "ddim | ddpm (default config.sample.sampler).")
+flags.DEFINE_string("mode", None, "monl | replacement (default config.sample.mode).")
+flags.DEFINE_float("eta", None, "DDIM eta (default config.sample.eta).")
+flags.DEFINE_integer("pyramid", 0, "Pyramid schedule: steps of delay between consecutive segments.")
+flags.DEFINE_integer("long_segments", 0, "Generate this many segments by sliding-window continuation.")
+flags.DEFINE_integer("previews", 4, "Clips per task written as GIF/WAV (built-in dataset).")
+flags.DEFINE_string("output", None, "Output directory for sample (default WORKDIR/samples).")
 
 
 def _cmd_train(config) -> None:
@@ -25,6 +43,20 @@ def _cmd_train(config) -> None:
   if not FLAGS.workdir:
     raise app.UsageError("train needs --workdir")
   loop.train(config, FLAGS.workdir)
+
+
+def _cmd_sample(config) -> None:
+  from monl.sample import run
+  if not FLAGS.workdir:
+    raise app.UsageError("sample needs --workdir (the training run to sample from)")
+  req = run.SampleRequest(task=FLAGS.task, input=FLAGS.input, split=FLAGS.split, num=FLAGS.num,
+                          steps=FLAGS.steps, guidance=FLAGS.guidance, seed=FLAGS.seed,
+                          sampler=FLAGS.sampler, mode=FLAGS.mode, eta=FLAGS.eta,
+                          pyramid_delay=FLAGS.pyramid, long_segments=FLAGS.long_segments,
+                          previews=FLAGS.previews)
+  output = FLAGS.output or f"{FLAGS.workdir}/samples"
+  run.run(config, FLAGS.workdir, req, output)
+  print(f"samples written to {output}/<task>/ (npz, manifest.json, previews)")
 
 
 def _cmd_params(config) -> None:
@@ -50,7 +82,8 @@ def main(argv) -> None:
     raise app.UsageError(f"usage: python -m monl.main {{{'|'.join(COMMANDS)}}} --config FILE [flags]")
   if FLAGS.config is None:
     raise app.UsageError("--config is required")
-  {"train": _cmd_train, "params": _cmd_params, "data": _cmd_data}[argv[1]](FLAGS.config)
+  {"train": _cmd_train, "params": _cmd_params, "data": _cmd_data,
+   "sample": _cmd_sample}[argv[1]](FLAGS.config)
 
 
 if __name__ == "__main__":

@@ -151,3 +151,32 @@ def make_dataset_from_source(source: Any, spec: fmt.DatasetSpec, *, batch_size: 
   return _build(source, _FromTfdsExample(spec, where), batch_size=batch_size, seed=seed,
                 shard_index=shard_index, shard_count=shard_count, num_epochs=num_epochs,
                 shuffle=shuffle, num_threads=num_threads, prefetch=prefetch, worker_count=worker_count)
+
+
+def read_clips(path: fmt.PathLike, split: str, num: int, names: Sequence[str]) -> tuple[list[str], dict[str, np.ndarray]]:
+  """The first `num` clips, in storage order and raw (un-normalised), for sampling and evaluation.
+
+  `path` is a monl dataset directory (its `split`) or a directory of `.npz` clips (sorted by name,
+  one array per modality). Returns (source ids, {name: [n, *shape]}), n = min(num, available).
+  """
+  path = epath.Path(path)
+  if (path / fmt.SPEC_FILE).exists():
+    spec = fmt.load_spec(path)
+    source = grain.sources.ArrayRecordDataSource([str(p) for p in fmt.shard_paths(path, split, spec)])
+    n = min(num, len(source))
+    clips = [fmt.decode_record(source[i], spec, where=f"{path} split {split!r} record {i}") for i in range(n)]
+    ids = [c["source_id"] for c in clips]
+    return ids, {m: np.stack([c[m] for c in clips]) for m in names}
+  files = sorted(path.glob("*.npz"))
+  if not files:
+    raise fmt.DatasetError(f"{path}: neither a monl dataset ({fmt.SPEC_FILE}) nor a directory of .npz clips")
+  ids, arrays = [], {m: [] for m in names}
+  for f in files[:num]:
+    with f.open("rb") as fh, np.load(fh, allow_pickle=False) as z:
+      missing = [m for m in names if m not in z.files]
+      if missing:
+        raise fmt.DatasetError(f"{f}: missing modality arrays {missing} (has {sorted(z.files)})")
+      for m in names:
+        arrays[m].append(np.asarray(z[m]))
+    ids.append(f.name)
+  return ids, {m: np.stack(v) for m, v in arrays.items()}
