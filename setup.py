@@ -30,7 +30,8 @@ setuptools.setup(
         "tqdm>=4.66",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5"],
+        # jax[tpu] brings libtpu so that tests/test_plan_launch.py compiles for a TPU topology on CPU.
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", f"jax[tpu]=={JAX_VERSION}"],
         "tpu": [f"jax[tpu]=={JAX_VERSION}"],
         "gcs": ["gcsfs>=2024.2"],
         "bench": ["torch==2.13.0", "psutil>=5.9"],

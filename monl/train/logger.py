@@ -10,6 +10,8 @@ from monl import mixture
 
 
 def _fmt_duration(seconds: float) -> str:
+  if not np.isfinite(seconds):  # no rate yet (e.g. log_every=1 right after the clock reset)
+    return "?"
   seconds = int(max(seconds, 0))
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)

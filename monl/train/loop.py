@@ -1,8 +1,16 @@
-"""Training loop: sharded init or exact resume, the jitted step over the mesh, logging, checkpoints."""
+"""Training loop: sharded init or exact resume, the jitted step over the mesh, logging, checkpoints.
+
+Preemption: SIGTERM sets a flag; at the next step boundary where all processes agree (every step in
+one process, every `config.ckpt.preemption_check_every` steps across processes, via one allgather)
+the loop saves a checkpoint, waits for it to be complete and raises `Preempted`; the CLI exits with
+`PREEMPTED_EXIT_CODE`, so a scheduler can tell "stopped cleanly, resume me" from a failure.
+"""
 from __future__ import annotations
 
 import functools
 import json
+import signal
+import threading
 import time
 
 import flax.linen as nn
@@ -14,6 +22,7 @@ from monl import layout as layout_lib
 from monl.data import format as data_format
 from monl.data import pipeline
 from monl.models import avdit
+from monl.parallel import checks
 from monl.parallel import mesh as mesh_lib
 from monl.parallel import rules as rules_lib
 from monl.parallel import sharding
@@ -22,8 +31,21 @@ from monl.train import logger as logger_lib
 from monl.train import step as step_lib
 
 
+# Exit status of `python -m monl.main train` after a SIGTERM-triggered save: "preempted, resume me".
+PREEMPTED_EXIT_CODE = 42
+
+
 class NonFiniteError(FloatingPointError):
   """The loss or gradient norm became NaN or Inf."""
+
+
+class Preempted(Exception):
+  """Training stopped on SIGTERM after a complete checkpoint at `step`."""
+
+  def __init__(self, step: int, directory: str):
+    super().__init__(f"preempted (SIGTERM): checkpoint {step} written to {directory}; rerun the same "
+                     f"command to resume")
+    self.step = step
 
 
 def build_model(config) -> avdit.AVDiT:
@@ -32,8 +54,18 @@ def build_model(config) -> avdit.AVDiT:
 
 
 def resolve_data_dir(config) -> str:
-  """`config.data.dir`, or the built-in synthetic dataset (built on first use)."""
+  """`config.data.dir`, or the built-in synthetic dataset (built on first use).
+
+  Multi-process: process 0 builds the built-in dataset while the others wait at a barrier; then they
+  reuse it (shared filesystem) or, on hosts with their own disks, build the identical copy.
+  """
   from monl.data import synthetic  # only the built-in route needs the generator
+  if config.data.dir or jax.process_count() == 1:
+    return str(synthetic.resolve_data_dir(config.data))
+  from jax.experimental import multihost_utils
+  if jax.process_index() == 0:
+    synthetic.resolve_data_dir(config.data)
+  multihost_utils.sync_global_devices("monl: built-in dataset ready")
   return str(synthetic.resolve_data_dir(config.data))
 
 
@@ -71,6 +103,60 @@ class StateFactory:
       return self._init(self.key)
 
 
+def make_step_fn(config, obj: step_lib.Objective, tx, factory: StateFactory, mesh, rules):
+  """The train step jitted with explicit in/out shardings and the state donated.
+
+  Call it under `jax.set_mesh(mesh)` and `nn.logical_axis_rules(rules)`, so that the activation
+  constraints reach the compiled program. (state, {name: [B, *shape]}, key) -> (state, metrics).
+  """
+  lay = obj.layout
+  batch_shardings = {m.name: sharding.batch_sharding(mesh, rules, 1 + len(m.shape)) for m in lay.modalities}
+  return jax.jit(
+      functools.partial(step_lib.train_step, obj=obj, tx=tx, ema=config.train.ema_decay),
+      in_shardings=(factory.shardings, batch_shardings, sharding.replicated(mesh)),
+      out_shardings=(factory.shardings, sharding.replicated(mesh)),
+      donate_argnums=0)
+
+
+def base_key(config) -> jax.Array:
+  """The root of the per-step keys (fold_in(base, step)); the params key is fold 0 (unused)."""
+  return jax.random.fold_in(jax.random.key(config.seed), 1)
+
+
+class _SigtermFlag:
+  """Records SIGTERM instead of dying; installed only from the main thread, restored on exit."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame) -> None:
+    del signum, frame
+    if not self.received:
+      print("SIGTERM received: saving a checkpoint at the next step boundary", flush=True)
+    self.received = True
+
+  def __exit__(self, *exc) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _agree_to_stop(flag: _SigtermFlag, step: int, every: int) -> bool:
+  """Whether every process stops after `step`: any process saw SIGTERM (same answer everywhere)."""
+  if jax.process_count() == 1:
+    return flag.received
+  if step % max(every, 1):
+    return False  # all processes skip the collective at the same steps
+  from jax.experimental import multihost_utils
+  votes = multihost_utils.process_allgather(np.asarray(int(flag.received), np.int32))
+  return bool(np.asarray(votes).any())
+
+
 def train(config, workdir: str, stop_at: int | None = None) -> step_lib.TrainState:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
 
@@ -95,6 +181,10 @@ def train(config, workdir: str, stop_at: int | None = None) -> step_lib.TrainSta
   rules = rules_lib.get_rules(config.mesh.rules)
   tx = step_lib.make_optimizer(config.train)
   factory = StateFactory(config, obj, tx, mesh, rules)
+  report = checks.check_replication(factory.abstract.params, factory.shardings.params,
+                                    config.mesh.max_replicated_fraction, config.mesh.rules)
+  print(f"mesh {dict(mesh.shape)}, rules {config.mesh.rules!r}: {report.fraction:.2%} of "
+        f"{report.total_bytes / 2**20:.1f} MiB of parameters replicated", flush=True)
 
   dataset = pipeline.make_dataset(
       data_dir, config.data.train_split, batch_size=local_batch_size(config.data.batch_size),
@@ -113,13 +203,11 @@ def train(config, workdir: str, stop_at: int | None = None) -> step_lib.TrainSta
     state = ckpt.restore(latest, factory.abstract, data_iter)
     print(f"resumed from step {latest} ({workdir / 'checkpoints'})", flush=True)
 
-  batch_shardings = {m.name: sharding.batch_sharding(mesh, rules, 1 + len(m.shape)) for m in lay.modalities}
-  step_fn = jax.jit(
-      functools.partial(step_lib.train_step, obj=obj, tx=tx, ema=config.train.ema_decay),
-      in_shardings=(factory.shardings, batch_shardings, sharding.replicated(mesh)),
-      out_shardings=(factory.shardings, sharding.replicated(mesh)),
-      donate_argnums=0)
-  base_key = jax.random.fold_in(jax.random.key(config.seed), 1)  # the params key is fold 0 (unused)
+  step_fn = make_step_fn(config, obj, tx, factory, mesh, rules)
+  key = base_key(config)
+  record = None
+  if config.train.record_batches:  # debug: which examples each step saw, per process
+    record = (workdir / f"batches.p{jax.process_index()}.jsonl").open("a")
 
   start = int(state.step)
   total = config.train.num_steps
@@ -127,18 +215,24 @@ def train(config, workdir: str, stop_at: int | None = None) -> step_lib.TrainSta
   logger = logger_lib.Logger(workdir if chief else None, total_steps=total, start_step=start)
   window, last = [], {}
   step = start
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  preempted = False
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules), _SigtermFlag() as sigterm:
     while step < end:
-      batch = sharding.global_batch(next(data_iter), mesh, rules)
+      local = next(data_iter)
+      if record is not None:
+        record.write(json.dumps({"step": step, "ids": [str(x) for x in local["source_id"]]}) + "\n")
+        record.flush()
+      batch = sharding.global_batch(local, mesh, rules)
       t0 = time.perf_counter()
-      state, metrics = step_fn(state, batch, base_key)
+      state, metrics = step_fn(state, batch, key)
       step += 1
       window.append(metrics)
       if step == start + 1:
         jax.block_until_ready(metrics)
         print(f"compiled and ran the first step in {time.perf_counter() - t0:.1f}s", flush=True)
         logger.reset_clock(step)
-      at_ckpt = step % config.ckpt.every == 0 or step == end
+      preempted = _agree_to_stop(sigterm, step, config.ckpt.preemption_check_every)
+      at_ckpt = step % config.ckpt.every == 0 or step == end or preempted
       if step % config.train.log_every == 0 or at_ckpt:
         host = jax.device_get(window)
         _check_finite(host, step - len(host) + 1)
@@ -146,9 +240,15 @@ def train(config, workdir: str, stop_at: int | None = None) -> step_lib.TrainSta
         logger.log(step, last)
         window = []
       if at_ckpt:
-        ckpt.save(step, state, data_iter, force=step == end)
-  ckpt.close()
+        ckpt.save(step, state, data_iter, force=step == end or preempted)
+      if preempted:
+        break
+  ckpt.close()  # waits for the last (async) save to be complete
   logger.close()
+  if record is not None:
+    record.close()
+  if preempted:
+    raise Preempted(step, str(workdir / "checkpoints"))
   if chief and last:
     (workdir / "train_metrics.json").write_text(json.dumps(dict(last, step=step), indent=2))
   return state

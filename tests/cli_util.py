@@ -1,0 +1,34 @@
+"""Helpers for tests that run `python -m monl.main train` as a subprocess with the tiny test config."""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The same shrink as conftest.tiny_config, as command-line overrides of configs/default.py.
+TINY_FLAGS = {"data.batch_size": 8, "model.width": 32, "model.depth": 2, "model.num_heads": 2,
+              "model.freq_embed_dim": 32, "train.num_steps": 20, "train.warmup_steps": 5,
+              "train.log_every": 10, "ckpt.every": 10, "ckpt.async_save": False}
+
+
+def train_command(data_dir: str, workdir: str, **overrides) -> list[str]:
+  flags = dict(TINY_FLAGS, **{"data.dir": data_dir}, **overrides)
+  return [sys.executable, "-m", "monl.main", "train", f"--config={ROOT}/configs/default.py",
+          f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in flags.items()]
+
+
+def env() -> dict:
+  e = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  e.pop("XLA_FLAGS", None)
+  return e
+
+
+def read_batches(path) -> dict[int, list[str]]:
+  """step -> source ids from a record_batches file; a step replayed after a resume overrides."""
+  import json
+  out = {}
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        r = json.loads(line)
+        out[r["step"]] = r["ids"]
+  return out
