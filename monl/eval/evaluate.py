@@ -1,0 +1,511 @@
+"""`evaluate`: sample every task from a trained workdir and score it; results.json / .md / .png + TensorBoard.
+
+For every task (named tasks of `monl.sample.tasks`, the eval split `config.data.eval_split`):
+
+1. `num` clips are sampled with `monl.sample.run.sample_task` (the same code as `monl.main sample`),
+   conditioned on the first `num` clips of the eval split; the samples land in OUT/samples/<task>/.
+2. Metrics that apply (every entry of results.json carries `value`, `label` and `provenance`):
+   * `latent_fd_<m>`: Fréchet distance in the model's own (normalised data) space, per modality that
+     the task generates (`monl.eval.latent_fd`, mean/std pooling over the kept frames). Always a
+     *proxy*, not comparable to literature numbers.
+   * `fvd_i3d` / `kvd_i3d`: Fréchet / kernel distance of Kinetics-400 I3D logits (`monl.eval.i3d`)
+     on RGB video with >= 9 generated frames, on at most `config.eval.i3d_max_clips` clips (I3D on
+     CPU costs ~1.5 s per clip). Video in [0, 1] is scaled by `config.eval.video_scale` to [0, 255].
+     Real-data feature statistics are cached as `.npz` under `config.eval.cache_dir`, keyed by
+     dataset, split, extractor, resize rule, number of clips and the frames kept.
+   * on the built-in dataset, the ground-truth task scores of `monl.data.synthetic` on the raw
+     (de-normalised) clips, lower is better: `trajectory_error` when any video cell is generated,
+     `av_agreement` and `bounce_sync` (cross-modal) for every task; each with the same score on the
+     real clips (the reference floor).
+   Conditioning segments are EXCLUDED from the Fréchet metrics (latent FD, FVD, KVD): only the
+   frames of the segments the task generates are compared, at the same positions in the real clips,
+   as the paper does for continuation/interpolation. The ground-truth scores use the whole clip (the
+   seam between given and generated segments is part of what they measure).
+3. The task's `primary` metric (used by the ablation table): the ground-truth score that the task
+   is about (`PRIMARY_GT`), or on other datasets the mean latent FD over the generated modalities.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from etils import epath
+
+from monl.eval import latent_fd as latent_fd_lib
+from monl.eval import metrics as metrics_lib
+
+PAPER_TASKS = ("joint", "a2v", "v2a", "continue", "continue_2s", "inpaint")
+
+# The ground-truth score each task is about (lower is better). Tasks not listed: trajectory_error
+# when they generate video, av_agreement otherwise.
+PRIMARY_GT = {
+    "joint": "av_agreement",  # both modalities from nothing: a ball whose height the pitch follows
+    "a2v": "av_agreement",
+    "v2a": "av_agreement",
+    "continue": "trajectory_error",
+    "continue_2s": "trajectory_error",
+    "inpaint": "trajectory_error",
+    "continue_audio": "av_agreement",
+    "continue_audio_with_video": "av_agreement",
+    "continue_video_with_audio": "av_agreement",
+}
+
+GT_LABELS = {
+    "trajectory_error": "trajectory error vs free fall (box units / frame², lower is better; ground truth)",
+    "av_agreement": "|ball height - pitch-implied height| (box units, lower is better; ground truth)",
+    "bounce_sync": "video bounce vs audio click distance (s, capped 0.5, lower is better; ground truth)",
+}
+
+DEFAULTS = {
+    "i3d": True,  # FVD/KVD with I3D when the video is RGB with >= 9 generated frames
+    "i3d_max_clips": 32,  # I3D on at most this many clips per task (CPU: ~1.5 s per clip)
+    "i3d_resize": "tf1_bilinear",  # tf1_bilinear (google-research FVD) | half_pixel_bilinear
+    "i3d_batch_size": 8,
+    "video_scale": 255.0,  # raw video * this = [0, 255] for I3D (built-in data is in [0, 1])
+    "cache_dir": "~/.cache/monl/eval_stats",  # real-data feature statistics (.npz)
+    "kvd_subsets": 100,
+    "pooling": "mean_std",  # latent FD pooling
+    "previews": 2,  # GIF/WAV previews per task
+}
+
+
+def settings_from_config(config, **overrides) -> dict[str, Any]:
+  """`config.eval` fields with defaults for those the config lacks; `overrides` (not None) win."""
+  ev = config.get("eval", None) or {}
+  out = {k: (ev.get(k, v) if hasattr(ev, "get") else v) for k, v in DEFAULTS.items()}
+  out.update({k: v for k, v in overrides.items() if v is not None})
+  return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# conditioning exclusion and fast Fréchet distance
+
+
+def generated_frames(generated_segments: Sequence[bool], segment_lengths: Sequence[int]) -> np.ndarray:
+  """Per-frame bool [T] from per-segment `generated_segments` [S] and `segment_lengths` [S]."""
+  return np.repeat(np.asarray(generated_segments, bool), np.asarray(segment_lengths, np.int64))
+
+
+def frechet_distance_features(a: np.ndarray, b: np.ndarray) -> float:
+  """Fréchet distance between the Gaussian fits of raw features a [N_a, D], b [N_b, D] (float64).
+
+  Identical to `metrics.frechet_distance` of the two fits, but computed without a D×D matrix square
+  root when D is large: with centred features X_a, X_b and Σ = XᵀX / (N − 1), the eigenvalues of
+  Σ_a Σ_b are the squared singular values of X_a X_bᵀ / √((N_a − 1)(N_b − 1)), so
+  Tr((Σ_a Σ_b)^{1/2}) is that matrix's nuclear norm (an N_a×N_b SVD instead of a D×D sqrtm, which
+  takes ~20 s for D = 1536 on 2 CPU cores). Used when D > min(N_a, N_b).
+  """
+  a = np.asarray(a, np.float64)
+  b = np.asarray(b, np.float64)
+  if a.shape[1] <= min(len(a), len(b)):
+    return metrics_lib.frechet_distance(metrics_lib.FeatureStats.from_features(a, keep_features=False),
+                                        metrics_lib.FeatureStats.from_features(b, keep_features=False))
+  return _frechet_svd(a, b)
+
+
+def _frechet_svd(a: np.ndarray, b: np.ndarray) -> float:
+  a = metrics_lib._as_features(a, "feats_a")
+  b = metrics_lib._as_features(b, "feats_b")
+  if a.shape[1] != b.shape[1]:
+    raise ValueError(f"frechet distance: feature dims differ ({a.shape[1]} vs {b.shape[1]})")
+  ma, mb = a.mean(0), b.mean(0)
+  xa, xb = a - ma, b - mb
+  na, nb = len(a) - 1, len(b) - 1
+  cross = np.linalg.svd(xa @ xb.T, compute_uv=False).sum() / math.sqrt(na * nb)
+  diff = ma - mb
+  return float(diff @ diff + (xa * xa).sum() / na + (xb * xb).sum() / nb - 2.0 * cross)
+
+
+def latent_fd_entry(real: np.ndarray, gen: np.ndarray, modality: str, segment_lengths: Sequence[int],
+                    generated_segments: Sequence[bool], pooling: str = "mean_std") -> dict[str, Any]:
+  """Latent FD of one modality over the generated segments only (same positions in both sets)."""
+  mask = np.asarray(generated_segments, bool)
+  rf = latent_fd_lib.latent_clip_features(real, segment_lengths=segment_lengths, generated_mask=mask,
+                                          pooling=pooling)
+  gf = latent_fd_lib.latent_clip_features(gen, segment_lengths=segment_lengths, generated_mask=mask,
+                                          pooling=pooling)
+  kept = np.flatnonzero(generated_frames(mask, segment_lengths))
+  return {"value": frechet_distance_features(rf, gf), "label": latent_fd_lib.latent_fd_label(modality),
+          "provenance": {"space": "normalised data (the model's latent space)", "pooling": pooling,
+                         "frames_kept": _ranges(kept), "segments_generated": mask.tolist(),
+                         "num_real": len(rf), "num_gen": len(gf), "feature_dim": int(rf.shape[1])}}
+
+
+def _ranges(idx: np.ndarray) -> str:
+  """[0,1,2,5,6] -> '0-2,5-6'."""
+  idx = [int(i) for i in idx]
+  if not idx:
+    return ""
+  out, start, prev = [], idx[0], idx[0]
+  for i in idx[1:] + [None]:
+    if i is not None and i == prev + 1:
+      prev = i
+      continue
+    out.append(f"{start}-{prev}" if prev != start else f"{start}")
+    if i is not None:
+      start = prev = i
+  return ",".join(out)
+
+
+# ----------------------------------------------------------------------------------------------------
+# I3D with a cache of real-data statistics
+
+
+def make_i3d(settings: dict[str, Any]):
+  """The I3D extractor (a callable videos [B, T, H, W, 3] in [0, 255] -> [B, 400] with `.provenance`)."""
+  from monl.eval import i3d
+  return i3d.I3DFeatures(batch_size=int(settings["i3d_batch_size"]), resize=settings["i3d_resize"])
+
+
+def dataset_key(data_dir: str) -> str:
+  """`<dir name>-<sha256(dataset.json)[:10]>`: changes whenever the dataset's spec does."""
+  from monl.data import format as data_format
+  spec_file = epath.Path(data_dir) / data_format.SPEC_FILE
+  digest = hashlib.sha256(spec_file.read_bytes()).hexdigest()[:10] if spec_file.exists() else "nospec"
+  return f"{epath.Path(data_dir).name}-{digest}"
+
+
+def real_stats_cached(cache_dir: str, key: dict[str, Any], compute: Callable[[], np.ndarray],
+                      meta: dict[str, Any]) -> tuple[metrics_lib.FeatureStats, bool, str]:
+  """Loads the real-data FeatureStats for `key` from `cache_dir`, or computes and saves them.
+
+  Returns (stats, hit, path)."""
+  name = "__".join(f"{k}={v}" for k, v in key.items())
+  name = "".join(ch if ch.isalnum() or ch in "-_=.," else "_" for ch in name)
+  directory = epath.Path(cache_dir).expanduser()
+  directory.mkdir(parents=True, exist_ok=True)
+  path = directory / f"{name}.npz"
+  if path.exists():
+    try:
+      stats = metrics_lib.FeatureStats.load(path)
+      if stats.meta.get("cache_key") == key and stats.features is not None:
+        return stats, True, str(path)
+    except ValueError as e:
+      print(f"ignoring unreadable feature cache {path}: {e}", flush=True)
+  stats = metrics_lib.FeatureStats.from_features(compute(), keep_features=True,
+                                                 meta=dict(meta, cache_key=key))
+  tmp = path.parent / (path.name + ".tmp")
+  stats.save(tmp)
+  tmp.rename(path)
+  return stats, False, str(path)
+
+
+def _i3d_input(video: np.ndarray, frames: np.ndarray, scale: float) -> np.ndarray:
+  return np.clip(np.asarray(video, np.float32)[:, frames] * scale, 0.0, 255.0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# evaluation
+
+
+def _task_dir(task: str) -> str:
+  return task.replace(":", "_").replace(",", "__")
+
+
+def _mean_entry(scores: np.ndarray, name: str, real: float | None) -> dict[str, Any]:
+  scores = np.asarray(scores, np.float64)
+  se = float(scores.std(ddof=1) / math.sqrt(len(scores))) if len(scores) > 1 else 0.0
+  return {"value": float(scores.mean()), "label": GT_LABELS[name], "stderr": se, "real": real,
+          "provenance": {"source": f"monl.data.synthetic.{name} on raw (de-normalised) clips, whole clip",
+                         "num": int(len(scores))}}
+
+
+def gt_scores(video: np.ndarray | None, audio: np.ndarray | None, video_generated: bool) -> dict[str, np.ndarray]:
+  """Per-clip ground-truth scores that apply (built-in dataset, raw scale)."""
+  from monl.data import synthetic
+  out = {}
+  if video is not None and video_generated:
+    out["trajectory_error"] = np.asarray(synthetic.trajectory_error(video))
+  if video is not None and audio is not None:
+    out["av_agreement"] = np.asarray(synthetic.av_agreement(video, audio))
+    out["bounce_sync"] = np.asarray(synthetic.bounce_sync(video, audio))
+  return out
+
+
+def parse_tasks(tasks: str | Sequence[str], names: Sequence[str]) -> list[str]:
+  """'all' -> every named task; 'paper' -> the paper's six; else a comma-separated list (masks: use ';')."""
+  from monl.sample import tasks as tasks_lib
+  if not isinstance(tasks, str):
+    return list(tasks)
+  if tasks == "all":
+    return tasks_lib.task_names(names)
+  if tasks == "paper":
+    return [t for t in PAPER_TASKS if t in tasks_lib.task_names(names)]
+  sep = ";" if ";" in tasks else ","
+  if sep == "," and ":" in tasks:  # a single user mask like 'video:1-2,audio:all'
+    return [tasks]
+  return [t.strip() for t in tasks.split(sep) if t.strip()]
+
+
+def primary_metric(task: str, metrics: dict[str, Any], builtin: bool) -> str | None:
+  if builtin:
+    want = PRIMARY_GT.get(task) or ("trajectory_error" if "trajectory_error" in metrics else "av_agreement")
+    if want in metrics:
+      return want
+  fds = [k for k in metrics if k.startswith("latent_fd_")]
+  if fds:
+    metrics["latent_fd_mean"] = {
+        "value": float(np.mean([metrics[k]["value"] for k in fds])),
+        "label": "mean latent FD over generated modalities (proxy, not comparable to literature)",
+        "provenance": {"of": fds}}
+    return "latent_fd_mean"
+  return None
+
+
+def evaluate(config, workdir: str, *, tasks: str | Sequence[str] = "all", num: int = 256, steps: int = 50,
+             seed: int = 0, guidance: str = "", output: str | None = None, i3d: bool | None = None,
+             i3d_max_clips: int | None = None, generator=None, quiet: bool = False) -> dict[str, Any]:
+  """Samples and scores every task; writes results.json, results.md, results.png, tb/. Returns results."""
+  from monl.data import pipeline
+  from monl.sample import run as run_lib
+  t_start = time.perf_counter()
+  settings = settings_from_config(config, i3d=i3d, i3d_max_clips=i3d_max_clips)
+  gen = generator or run_lib.Generator(config, workdir)
+  lay = gen.layout
+  names = list(lay.names)
+  out = epath.Path(output or f"{workdir}/eval")
+  out.mkdir(parents=True, exist_ok=True)
+  task_list = parse_tasks(tasks, names)
+  split = config.data.eval_split
+  data_dir = str(gen.data_dir)
+  ids, real = pipeline.read_clips(data_dir, split, num, names)
+  lay.check_shapes(real, where=f"eval clips from {data_dir}")
+  n = len(ids)
+  if n < 2:
+    raise ValueError(f"evaluate needs at least 2 clips of split {split!r} in {data_dir}; got {n}")
+  real_norm = gen.normalize(real)
+  builtin = run_lib._is_builtin(gen.spec) and {"video", "audio"} <= set(names)
+  has_av = {"video", "audio"} <= set(names)
+  log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+
+  # Reference floor: the ground-truth scores of the real clips.
+  real_ref = {}
+  if builtin:
+    for k, v in gt_scores(real["video"], real["audio"], True).items():
+      real_ref[k] = _mean_entry(v, k, None)
+      real_ref[k]["label"] = GT_LABELS[k] + " on real clips (reference floor)"
+
+  # I3D availability.
+  i3d_reason = None
+  vshape = lay["video"].shape if "video" in names else None
+  if not settings["i3d"]:
+    i3d_reason = "disabled (config.eval.i3d=False)"
+  elif vshape is None or len(vshape) != 4 or vshape[-1] != 3:
+    i3d_reason = f"no RGB video modality [T, H, W, 3] (layout video shape {vshape})"
+  extractor = None
+  k_i3d = min(n, int(settings["i3d_max_clips"]))
+  if i3d_reason is None and k_i3d < 2:
+    i3d_reason = f"i3d_max_clips={settings['i3d_max_clips']} < 2"
+  dkey = dataset_key(data_dir)
+
+  writer = None
+  try:
+    from tensorboardX import SummaryWriter
+    writer = SummaryWriter(str(out / "tb"))
+  except ImportError:  # pragma: no cover - tensorboardX is a dependency
+    pass
+
+  results: dict[str, Any] = {
+      "workdir": str(workdir), "checkpoint_step": int(gen.step), "dataset": data_dir, "dataset_key": dkey,
+      "split": split, "num": n, "steps": steps, "seed": seed, "guidance": guidance or None,
+      "sampler": config.sample.sampler, "mode": config.sample.mode, "builtin_dataset": builtin,
+      "settings": settings, "real_reference": real_ref, "tasks": {}}
+  for ti, task in enumerate(task_list):
+    t0 = time.perf_counter()
+    req = run_lib.SampleRequest(task=task, split=split, num=n, steps=steps, guidance=guidance, seed=seed,
+                                previews=int(settings["previews"]))
+    task_dir = out / "samples" / _task_dir(task)
+    manifest = run_lib.sample_task(gen, task, req, task_dir, ids, real)
+    _, gen_raw = pipeline.read_clips(task_dir, split, n, names)
+    gen_norm = gen.normalize(gen_raw)
+    given = np.asarray(manifest["given"], bool)  # [M, N]
+    metrics: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for mi, m in enumerate(names):
+      segs = lay[m].segments
+      gmask = ~given[mi]
+      if not gmask.any():
+        skipped[f"latent_fd_{m}"] = f"{m} is fully given (nothing generated)"
+        continue
+      metrics[f"latent_fd_{m}"] = latent_fd_entry(real_norm[m], gen_norm[m], m, segs, gmask,
+                                                  settings["pooling"])
+    # FVD / KVD
+    if "video" in names:
+      vi = names.index("video")
+      frames = np.flatnonzero(generated_frames(~given[vi], lay["video"].segments))
+      reason = i3d_reason
+      if reason is None and len(frames) == 0:
+        reason = "video is fully given (nothing generated)"
+      elif reason is None and len(frames) < 9:
+        reason = (f"only {len(frames)} generated video frames (segments {(~given[vi]).tolist()}); "
+                  f"I3D needs >= 9 and conditioning frames are excluded")
+      if reason is None:
+        if extractor is None:
+          extractor = make_i3d(settings)
+        scale = float(settings["video_scale"])
+        frange = _ranges(frames)
+        key = {"dataset": dkey, "split": split, "extractor": "i3d400", "resize": settings["i3d_resize"],
+               "num": k_i3d, "frames": frange, "scale": scale}
+        prov = dict(getattr(extractor, "provenance", {}), num_clips=k_i3d, frames=frange,
+                    input_size=f"{vshape[1]}x{vshape[2]} upsampled to 224x224", video_scale=scale)
+        t_real = time.perf_counter()
+        rstats, hit, cpath = real_stats_cached(
+            settings["cache_dir"], key, lambda: extractor(_i3d_input(real["video"][:k_i3d], frames, scale)),
+            prov)
+        t_real = time.perf_counter() - t_real
+        gfeats = extractor(_i3d_input(gen_raw["video"][:k_i3d], frames, scale))
+        gstats = metrics_lib.FeatureStats.from_features(gfeats, keep_features=True, meta=prov)
+        cache_info = {"real_stats_cache": cpath, "cache_hit": hit, "real_seconds": round(t_real, 2)}
+        metrics["fvd_i3d"] = {"value": frechet_distance_features(rstats.features, gstats.features),
+                              "label": f"FVD (I3D K400 logits, {k_i3d} clips; not comparable to paper FVDs)",
+                              "provenance": dict(prov, **cache_info)}
+        kvd, kvd_std = metrics_lib.kernel_distance(rstats.features, gstats.features, subset_size=k_i3d,
+                                                   num_subsets=int(settings["kvd_subsets"]), seed=seed)
+        metrics["kvd_i3d"] = {"value": kvd, "std": kvd_std,
+                              "label": f"KVD (I3D K400 logits, poly-kernel MMD², {k_i3d} clips)",
+                              "provenance": dict(prov, **cache_info)}
+      else:
+        skipped["fvd_i3d"] = skipped["kvd_i3d"] = reason
+    if builtin:
+      vgen = bool((~given[names.index("video")]).any())
+      for k, v in gt_scores(gen_raw["video"], gen_raw["audio"], vgen).items():
+        metrics[k] = _mean_entry(v, k, real_ref[k]["value"])
+    primary = primary_metric(task, metrics, builtin)
+    results["tasks"][task] = {"mask": manifest["mask"], "given": manifest["given"], "primary": primary,
+                              "metrics": metrics, "skipped": skipped, "samples": str(task_dir),
+                              "seconds": round(time.perf_counter() - t0, 2)}
+    if writer is not None:
+      for k, v in metrics.items():
+        writer.add_scalar(f"{_task_dir(task)}/{k}", v["value"], gen.step)
+      writer.flush()
+    summary = ", ".join(f"{k} {v['value']:.4g}" for k, v in metrics.items())
+    log(f"[{ti + 1}/{len(task_list)}] {task}: {summary} ({time.perf_counter() - t0:.1f}s)")
+  if writer is not None:
+    writer.close()
+  results["seconds"] = round(time.perf_counter() - t_start, 2)
+  (out / "results.json").write_text(json.dumps(results, indent=2))
+  (out / "results.md").write_text(results_markdown(results))
+  results_chart(results, out / "results.png")
+  log(f"evaluation written to {out}/results.{{json,md,png}} ({results['seconds']:.0f}s)")
+  return results
+
+
+# ----------------------------------------------------------------------------------------------------
+# reports
+
+
+def _fmt(v: float | None) -> str:
+  if v is None or not np.isfinite(v):
+    return "—"
+  return f"{v:.4g}"
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+  tasks = results["tasks"]
+  keys: list[str] = []
+  for t in tasks.values():
+    keys += [k for k in t["metrics"] if k not in keys and k != "latent_fd_mean"]
+  lines = [f"# Evaluation: checkpoint step {results['checkpoint_step']} of {results['workdir']}", "",
+           f"{results['num']} clips of split `{results['split']}` per task, {results['steps']} "
+           f"{results['sampler']} steps, seed {results['seed']}, guidance {results['guidance'] or 'config'}. "
+           "Lower is better everywhere. **Bold** = the task's primary number.", "",
+           "| task | given | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+  for name, t in tasks.items():
+    cells = []
+    for k in keys:
+      m = t["metrics"].get(k)
+      s = _fmt(m["value"]) if m else "—"
+      cells.append(f"**{s}**" if m and k == t["primary"] else s)
+    lines.append(f"| {name} | `{t['mask']}` | " + " | ".join(cells) + " |")
+  if results["real_reference"]:
+    lines.append("| *real clips (floor)* | | " + " | ".join(
+        _fmt(results["real_reference"][k]["value"]) if k in results["real_reference"] else "" for k in keys) + " |")
+  lines += ["", "Metrics:"]
+  seen = {}
+  for t in tasks.values():
+    for k, m in t["metrics"].items():
+      seen.setdefault(k, m)
+  for k, m in seen.items():
+    lines.append(f"- `{k}`: {m['label']}")
+    if k.startswith("fvd") or k.startswith("kvd"):
+      p = m["provenance"]
+      lines.append(f"  - provenance: {p.get('package')} ({p.get('port_of')}), weights sha256 "
+                   f"{str(p.get('weights_sha256'))[:12]}…, resize: {p.get('resize')}, {p.get('num_clips')} "
+                   f"clips, frames {p.get('frames')}, {p.get('input_size')}")
+  skipped = {f"{name}/{k}": r for name, t in tasks.items() for k, r in t["skipped"].items()}
+  if skipped:
+    lines += ["", "Not computed:"] + [f"- {k}: {r}" for k, r in skipped.items()]
+  return "\n".join(lines) + "\n"
+
+
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def bar_chart(path, groups: list[str], series: list[str], values: np.ndarray, title: str,
+              ylabel: str, reference: float | None = None) -> None:
+  """Grouped bar chart with Pillow: values [len(groups), len(series)] (NaN = missing bar)."""
+  from PIL import Image, ImageDraw, ImageFont
+  font = ImageFont.load_default()
+  g, s = len(groups), len(series)
+  bar_w, gap, left, top, plot_h = 14, 24, 60, 40, 300
+  bottom = int(0.87 * (8 * max((len(x) for x in groups), default=4) + 4)) + 30  # rotated labels
+  legend_w = 10 + max((8 * len(x) for x in series), default=0) + 30
+  width = left + g * (s * bar_w + gap) + legend_w
+  img = Image.new("RGB", (max(width, 400), top + plot_h + bottom), "white")
+  d = ImageDraw.Draw(img)
+  finite = values[np.isfinite(values)]
+  vmax = float(max(finite.max() if finite.size else 1.0, reference or 0.0, 1e-12)) * 1.1
+  d.text((left, 10), title, fill="black", font=font)
+  d.line([(left, top), (left, top + plot_h), (width - legend_w, top + plot_h)], fill="black")
+  for i in range(5):
+    v = vmax * i / 4
+    y = top + plot_h - plot_h * i / 4
+    d.line([(left - 4, y), (left, y)], fill="black")
+    d.text((2, y - 6), f"{v:.3g}", fill="black", font=font)
+  d.text((2, top - 14), ylabel, fill="black", font=font)
+  if reference is not None:
+    y = top + plot_h - plot_h * reference / vmax
+    d.line([(left, y), (width - legend_w, y)], fill=(120, 120, 120))
+  for gi, name in enumerate(groups):
+    x0 = left + gap // 2 + gi * (s * bar_w + gap)
+    for si in range(s):
+      v = values[gi, si]
+      if not np.isfinite(v):
+        continue
+      h = plot_h * max(v, 0.0) / vmax
+      x = x0 + si * bar_w
+      d.rectangle([x, top + plot_h - h, x + bar_w - 2, top + plot_h], fill=PALETTE[si % len(PALETTE)])
+    # rotated group label
+    lbl = Image.new("RGBA", (8 * len(name) + 4, 12), (255, 255, 255, 0))
+    ImageDraw.Draw(lbl).text((0, 0), name, fill="black", font=font)
+    lbl = lbl.rotate(60, expand=True)
+    img.paste(lbl, (x0, top + plot_h + 4), lbl)
+  lx = width - legend_w + 10
+  for si, name in enumerate(series):
+    y = top + si * 16
+    d.rectangle([lx, y, lx + 10, y + 10], fill=PALETTE[si % len(PALETTE)])
+    d.text((lx + 14, y), name, fill="black", font=font)
+  img.save(str(path))
+
+
+def results_chart(results: dict[str, Any], path) -> None:
+  """One bar group per task; each bar = a metric divided by its largest value over tasks."""
+  tasks = list(results["tasks"])
+  keys: list[str] = []
+  for t in results["tasks"].values():
+    keys += [k for k in t["metrics"] if k not in keys and k != "latent_fd_mean"]
+  vals = np.full((len(tasks), len(keys)), np.nan)
+  for i, t in enumerate(tasks):
+    for j, k in enumerate(keys):
+      if k in results["tasks"][t]["metrics"]:
+        vals[i, j] = results["tasks"][t]["metrics"][k]["value"]
+  with np.errstate(invalid="ignore", divide="ignore"):
+    vals = vals / np.nanmax(np.abs(vals), axis=0, keepdims=True) if len(tasks) else vals
+  bar_chart(path, tasks, keys, vals, f"monl evaluation, step {results['checkpoint_step']} "
+            "(each metric / its max over tasks; lower is better)", "rel.")
