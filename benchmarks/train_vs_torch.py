@@ -1,0 +1,110 @@
+"""monl's train step vs a PyTorch eager twin of the same model, interleaved in one process (issue 7).
+
+    python benchmarks/train_vs_torch.py [--config midsize] [--iters 7] [--warmup 2] [--quick]
+        [--set model.attention=dot_product ...] [--out benchmarks/results/train_vs_torch.json]
+    # with the allocator fix (see README, Performance):
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 \
+    MALLOC_CONF=oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1,retain:true \
+        python benchmarks/train_vs_torch.py
+
+JAX: `monl.train.step.train_step` jitted with the state donated (as the trainer does). Torch: the twin
+of `benchmarks/torch_twin.py` (same architecture, shapes and parameter count, asserted), AdamW +
+clipping + EMA. Both get the same random batch; steps alternate jax, torch, jax, torch, ... after
+warm-up; medians. speedup = torch median / jax median (> 1: monl is faster). Also XLA's FLOP count of
+the step per second as a fraction of the measured 2048² float32 matmul rate (JAX), and the same FLOP
+count over torch's time for reference.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+
+import common
+
+
+def cpu_seconds():
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return r.ru_utime, r.ru_stime
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--config", default="midsize")
+  p.add_argument("--iters", type=int, default=7)
+  p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--set", action="append", help="monl config override, e.g. model.attention=dot_product")
+  p.add_argument("--quick", action="store_true", help="smoke run: tiny model, 1 iteration")
+  p.add_argument("--out", default="train_vs_torch")
+  args = p.parse_args(argv)
+  if args.quick:
+    args.iters, args.warmup = 1, 1
+
+  import jax
+  import numpy as np
+  import torch
+  import torch_twin
+  from train_step import apply_overrides, parse_overrides
+  torch.set_num_threads(os.cpu_count())
+  torch.manual_seed(0)
+
+  overrides = parse_overrides(args.set)
+  config = apply_overrides(common.load_config(args.config, args.quick), overrides)
+  twin, s = torch_twin.build(config)
+  trainer = torch_twin.TorchTrainer(twin, s.obj.schedule, config.train, ema=config.train.ema_decay)
+  np_batch = {k: np.array(v) for k, v in s.batch.items()}  # writable copies for torch.from_numpy
+
+  state = s.init_state()
+  compiled = s.step_fn().lower(state, s.batch, s.key).compile()
+  flops = common.step_flops(s)  # layers unrolled: see common.step_flops
+  holder = [state]
+
+  def jax_step():
+    holder[0], metrics = compiled(holder[0], s.batch, s.key)
+    return metrics["loss"]
+
+  cpu = {"jax": [0.0, 0.0], "torch": [0.0, 0.0]}
+
+  def timed(name, fn):
+    def run():
+      u0, s0 = cpu_seconds()
+      out = jax.block_until_ready(fn())
+      u1, s1 = cpu_seconds()
+      cpu[name][0] += u1 - u0
+      cpu[name][1] += s1 - s0
+      return out
+    return run
+
+  info = common.machine_info()
+  mm = [common.matmul_rate(n=512 if args.quick else 2048, iters=3 if args.quick else 10)]
+  times = common.interleave({"jax": timed("jax", jax_step), "torch": timed("torch", lambda: trainer.step(np_batch))},
+                            warmup=args.warmup, iters=args.iters)
+  mm.append(common.matmul_rate(n=512 if args.quick else 2048, iters=3 if args.quick else 10))
+  rate = common.median(mm)
+  total_iters = args.iters + args.warmup
+  rows = []
+  for name in ("jax", "torch"):
+    t = common.median(times[name])
+    rows.append({"impl": "monl (JAX)" if name == "jax" else "torch twin (eager)", "params": s.num_params(),
+                 "batch": s.batch_size, "tokens": s.tokens_per_example, "step_s": t,
+                 "examples_per_s": s.batch_size / t, "gflop_per_s_xla_count": flops / t / 1e9,
+                 "fraction_of_matmul": flops / t / 1e9 / rate,
+                 "user_cpu_s_per_step": cpu[name][0] / total_iters, "sys_cpu_s_per_step": cpu[name][1] / total_iters,
+                 "times": times[name]})
+  speedup = rows[1]["step_s"] / rows[0]["step_s"]
+  info["load_avg_end"] = common.load_avg()
+  path = common.write_json(args.out, {"machine": info, "config": args.config, "overrides": overrides,
+                                      "xla_gflop_per_step": flops / 1e9, "matmul_gflop_per_s": mm,
+                                      "speedup_jax_over_torch": speedup, "results": rows, "quick": args.quick,
+                                      "model": dict(config.model)})
+  common.print_table(
+      f"train step, monl vs PyTorch eager twin ({args.config}, float32, {args.iters} interleaved runs)", rows,
+      ["impl", "params", "batch", "tokens", "step_s", "examples_per_s", "gflop_per_s_xla_count",
+       "fraction_of_matmul", "user_cpu_s_per_step", "sys_cpu_s_per_step"], info,
+      [f"monl speed / torch speed = {speedup:.2f}x (target >= 1.0, stretch 1.3); XLA FLOPs/step "
+       f"{flops / 1e9:.1f} G; matmul {rate:.1f} GFLOP/s (runs {', '.join(f'{m:.1f}' for m in mm)}); "
+       f"target fraction >= 0.6; load avg at end {info['load_avg_end']}; wrote {path}"])
+
+
+if __name__ == "__main__":
+  main()
