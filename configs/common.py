@@ -84,11 +84,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.ema_decay = 0.9999
   c.train.log_every = 50
   c.train.num_level_buckets = 4  # metrics per noise-level bucket
+  c.train.record_batches = False  # debug: append each step's source ids to WORKDIR/batches.p<process>.jsonl
 
   c.ckpt = ml_collections.ConfigDict()
   c.ckpt.every = 500
   c.ckpt.keep = 3
   c.ckpt.async_save = True
+  c.ckpt.preemption_check_every = 10  # multi-process: steps between agreeing on a SIGTERM stop (one allgather)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1 = fill with the remaining devices
@@ -96,6 +98,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.tensor = 1
   c.mesh.sequence = 1
   c.mesh.rules = "dp"  # dp | fsdp | fsdp_tp
+  c.mesh.dcn_data = 1  # slices (multi-slice over DCN) the data axis spans; the sizes above are per slice
+  c.mesh.dcn_fsdp = 1  # slices the fsdp axis spans
+  c.mesh.max_replicated_fraction = 0.05  # fsdp/fsdp_tp: max fraction of parameter bytes left replicated
+
+  # Multi-host: jax.distributed.initialize only when configured here or by MONL_* environment variables.
+  c.dist = ml_collections.ConfigDict()
+  c.dist.coordinator = ""  # host:port of process 0's coordinator ('' = single process, or env/auto)
+  c.dist.num_processes = 0  # number of processes (0 = from MONL_NUM_PROCESSES)
+  c.dist.process_id = -1  # this process's index (-1 = from MONL_PROCESS_ID)
+  c.dist.bind_address = ""  # address the coordinator listens on ('' = all interfaces; tests: 127.0.0.1:PORT)
+  c.dist.timeout_s = 300  # give up if the processes have not all connected by then
+  c.dist.auto = False  # TPU pods / SLURM: let JAX detect the cluster (no-argument initialize)
 
   c.sample = ml_collections.ConfigDict()
   c.sample.sampler = "ddim"  # ddim | ddpm
@@ -110,6 +124,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.num = 256
   c.eval.tasks = "all"
+  c.eval.i3d = True  # FVD/KVD with I3D on RGB video with >= 9 generated frames
+  c.eval.i3d_max_clips = 32  # I3D on at most this many clips per task (CPU: ~1.5 s per clip)
+  c.eval.i3d_resize = "tf1_bilinear"  # tf1_bilinear (google-research FVD) | half_pixel_bilinear
+  c.eval.i3d_batch_size = 8
+  c.eval.video_scale = 255.0  # raw video * this -> [0, 255] for I3D (built-in video is in [0, 1])
+  c.eval.cache_dir = "~/.cache/monl/eval_stats"  # cached real-data feature statistics (.npz)
+  c.eval.kvd_subsets = 100
+  c.eval.pooling = "mean_std"  # latent FD pooling: mean_std | flatten
+  c.eval.previews = 2  # GIF/WAV previews per task
   return c
 
 

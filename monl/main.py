@@ -5,16 +5,21 @@
   python -m monl.main data   --config configs/default.py      # build/describe the configured dataset
   python -m monl.main sample --config configs/default.py --workdir /tmp/monl --task a2v \
       [--input DIR --split test --num 16 --steps 50 --guidance 1.5 --seed 0] --output DIR
+  python -m monl.main plan   --config configs/avdit_paper.py --topology v5e:16x16 [--json]
+  python -m monl.main evaluate --config configs/default.py --workdir /tmp/monl --tasks all --num 256 \
+      --steps 50 [--seed 0 --guidance 1.5 --output DIR]   # results.json/.md/.png (monl.eval.evaluate)
+
+train exits with status 42 (monl.train.loop.PREEMPTED_EXIT_CODE) after a SIGTERM-triggered checkpoint.
 """
 from __future__ import annotations
 
 import json
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "params", "data", "sample")
+COMMANDS = ("train", "params", "data", "sample", "plan", "evaluate")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/default.py[:strategy=pm].",
@@ -36,13 +41,31 @@ flags.DEFINE_integer("pyramid", 0, "Pyramid schedule: steps of delay between con
 flags.DEFINE_integer("long_segments", 0, "Generate this many segments by sliding-window continuation.")
 flags.DEFINE_integer("previews", 4, "Clips per task written as GIF/WAV (built-in dataset).")
 flags.DEFINE_string("output", None, "Output directory for sample (default WORKDIR/samples).")
+# evaluate (also uses --num, --steps, --seed, --guidance, --output)
+flags.DEFINE_string("tasks", None, "evaluate: 'all', 'paper' or comma-separated tasks (default config.eval.tasks).")
+# plan
+flags.DEFINE_string("topology", "v5e:16x16", "TPU topology to plan for, e.g. v5e:16x16, v5p:4x4x4.")
+flags.DEFINE_bool("json", False, "plan: print JSON instead of a table.")
 
 
-def _cmd_train(config) -> None:
+def _cmd_train(config) -> int:
+  from monl.parallel import distributed
+  distributed.maybe_initialize(config)  # before anything touches a JAX backend
   from monl.train import loop
   if not FLAGS.workdir:
     raise app.UsageError("train needs --workdir")
-  loop.train(config, FLAGS.workdir)
+  try:
+    loop.train(config, FLAGS.workdir)
+  except loop.Preempted as e:
+    print(e, flush=True)
+    return loop.PREEMPTED_EXIT_CODE
+  return 0
+
+
+def _cmd_plan(config) -> None:
+  from monl import plan
+  p = plan.plan(config, FLAGS.topology)
+  print(plan.to_json(p) if FLAGS.json else plan.format_table(p))
 
 
 def _cmd_sample(config) -> None:
@@ -77,13 +100,25 @@ def _cmd_data(config) -> None:
   print(json.dumps(spec.to_json() if hasattr(spec, "to_json") else str(spec), indent=2))
 
 
-def main(argv) -> None:
+def _cmd_evaluate(config) -> None:
+  from monl.eval import evaluate
+  if not FLAGS.workdir:
+    raise app.UsageError("evaluate needs --workdir (the training run to evaluate)")
+  evaluate.evaluate(config, FLAGS.workdir, tasks=FLAGS.tasks or config.eval.tasks,
+                    num=FLAGS.num if FLAGS["num"].present else config.eval.num,
+                    steps=FLAGS.steps or config.sample.steps, seed=FLAGS.seed, guidance=FLAGS.guidance,
+                    output=FLAGS.output or f"{FLAGS.workdir}/eval")
+
+
+def main(argv) -> int | None:
+  if not FLAGS["verbosity"].present:  # Orbax and Grain log every save at INFO; keep the console readable
+    logging.set_verbosity(logging.WARNING)
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f"usage: python -m monl.main {{{'|'.join(COMMANDS)}}} --config FILE [flags]")
   if FLAGS.config is None:
     raise app.UsageError("--config is required")
-  {"train": _cmd_train, "params": _cmd_params, "data": _cmd_data,
-   "sample": _cmd_sample}[argv[1]](FLAGS.config)
+  return {"train": _cmd_train, "params": _cmd_params, "data": _cmd_data,
+          "sample": _cmd_sample, "plan": _cmd_plan, "evaluate": _cmd_evaluate}[argv[1]](FLAGS.config)
 
 
 if __name__ == "__main__":

@@ -144,8 +144,10 @@ def sample(denoise_fn: DenoiseFn, layout: layout_lib.Layout, schedule: schedule_
     ab_t, ab_s = per_token_ab(t_cur_b), per_token_ab(jnp.broadcast_to(t_next, (b, m_, n_)))
     n_keys = jax.random.split(k_noise, len(names))
     new_x = {}
+    deterministic = cfg.sampler == "ddim" and cfg.eta == 0
     for k, m in zip(n_keys, names):
-      noise = jax.random.normal(k, x[m].shape)
+      # deterministic DDIM multiplies the noise by σ = 0: skip drawing it
+      noise = jnp.zeros_like(x[m]) if deterministic else jax.random.normal(k, x[m].shape)
       if cfg.sampler == "ddim":
         upd = schedule_lib.ddim_step(x[m], eps[m], ab_t[m], ab_s[m], cfg.eta, noise)
       else:
