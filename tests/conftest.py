@@ -34,3 +34,13 @@ def tiny_config(data_dir: str, **overrides):
       node = node[p]
     node[leaf] = value
   return c
+
+
+@pytest.fixture(scope="session")
+def trained(builtin_dataset, tmp_path_factory):
+  """(config, workdir) of a tiny model trained for 4 steps on `builtin_dataset`, built once."""
+  from monl.train import loop
+  workdir = tmp_path_factory.mktemp("run")
+  config = tiny_config(builtin_dataset, **{"train.num_steps": 4, "ckpt.every": 4, "sample.batch_size": 4})
+  loop.train(config, str(workdir))
+  return config, str(workdir)

@@ -7,15 +7,6 @@ import pytest
 from conftest import tiny_config
 from monl.data import pipeline
 from monl.sample import run
-from monl.train import loop
-
-
-@pytest.fixture(scope="module")
-def trained(builtin_dataset, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("run")
-  config = tiny_config(builtin_dataset, **{"train.num_steps": 4, "ckpt.every": 4, "sample.batch_size": 4})
-  loop.train(config, str(workdir))
-  return config, str(workdir)
 
 
 def test_sample_task_outputs_and_manifest(trained, tmp_path, builtin_dataset):
