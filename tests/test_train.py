@@ -41,3 +41,13 @@ def test_config_dataset_mismatch_names_both_shapes(builtin_dataset, tmp_path):
   config = tiny_config(builtin_dataset, **{"layout.audio.shape": (64, 8)})
   with pytest.raises(data_format.DatasetError, match=r"'audio' has shape \[64, 16\] in the dataset but \[64, 8\]"):
     loop.train(config, str(tmp_path))
+
+
+def test_relative_workdir_checkpoints_complete(builtin_dataset, tmp_path, monkeypatch):
+  """Orbax needs absolute paths: a relative --workdir must still produce complete, restorable saves."""
+  monkeypatch.chdir(tmp_path)
+  config = tiny_config(builtin_dataset, **{"train.num_steps": 4, "ckpt.every": 2, "ckpt.async_save": True})
+  loop.train(config, "rel/run")
+  steps = sorted(p.name for p in (tmp_path / "rel" / "run" / "checkpoints").iterdir())
+  assert steps == ["2", "4"], steps  # no *.orbax-checkpoint-tmp left behind
+  assert int(loop.train(config, "rel/run").step) == 4  # resumes from the relative path

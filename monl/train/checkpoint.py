@@ -7,6 +7,8 @@ restarts from scratch.
 """
 from __future__ import annotations
 
+import os
+
 import grain
 import jax
 import orbax.checkpoint as ocp
@@ -17,7 +19,9 @@ class Checkpointer:
   """Keeps the last `keep` checkpoints of (state, data iterator) under `directory`."""
 
   def __init__(self, directory: str | epath.Path, *, keep: int = 3, async_save: bool = True):
-    self.directory = epath.Path(directory)
+    directory = str(directory)
+    # Orbax needs absolute paths; a relative workdir would make every async save fail in the background.
+    self.directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
@@ -28,6 +32,8 @@ class Checkpointer:
 
   def save(self, step: int, state, data_iterator=None, *, force: bool = False) -> bool:
     """Starts saving `state` (and the iterator position) as checkpoint `step`."""
+    # A failed background save must stop the run here, not be discovered at the next restore.
+    self.manager.check_for_errors()
     # Without this, save() would block on the pending computation that produces `state`.
     jax.block_until_ready(state)
     items = {"state": ocp.args.StandardSave(state)}
