@@ -61,6 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.scan_layers = True
   c.model.attention = "xla"  # xla (einsum, heads-major) | dot_product (jax.nn.dot_product_attention)
   c.model.freq_embed_dim = 256  # sinusoidal timestep features before the MLP
+  c.model.aligned_time = False  # one temporal position code shared by all modalities (segment units)
 
   c.schedule = ml_collections.ConfigDict()
   c.schedule.kind = "linear"  # linear | cosine

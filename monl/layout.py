@@ -82,6 +82,17 @@ class ModalityLayout:
     return np.repeat(np.arange(len(self.segments)), self.segments).astype(np.int32)
 
   @property
+  def time_patch_times(self) -> np.ndarray:
+    """[T / pt] time of each temporal patch in *segment units*: frame k of segment n sits at
+    n + (k + 0.5) / len(segment n), averaged over the patch. Shared by all modalities, so tokens of
+    different modalities in the same cell get comparable times even with uneven segments."""
+    seg = self.segment_of_frame
+    starts = np.concatenate([[0], np.cumsum(self.segments)[:-1]])
+    lengths = np.asarray(self.segments, np.float64)
+    frame_time = seg + (np.arange(self.shape[0]) - starts[seg] + 0.5) / lengths[seg]
+    return frame_time.reshape(-1, self.patch[0]).mean(axis=1)
+
+  @property
   def segment_of_token(self) -> np.ndarray:
     """[L_m] segment index of every token (time-major order)."""
     seg_of_time_patch = self.segment_of_frame[:: self.patch[0]]

@@ -71,3 +71,12 @@ def test_segment_count_must_agree():
 def test_check_shapes_names_both():
   with pytest.raises(L.LayoutError, match=r"'audio' has shape \(64, 8\), the layout expects \(64, 16\)"):
     DEFAULT.check_shapes({"video": np.zeros((1, 16, 16, 16, 3)), "audio": np.zeros((1, 64, 8))}, "batch")
+
+
+def test_time_patch_times_align_modalities_in_segment_units():
+  v, a = PAPER["video"].time_patch_times, PAPER["audio"].time_patch_times
+  np.testing.assert_allclose(v, [0.5, 1.5, 2.5, 3.5, 4.5])
+  assert a.shape == (106,) and np.all(np.diff(a) > 0)
+  # every audio patch lies inside its own segment's unit interval, as the video frame of that cell does
+  np.testing.assert_array_equal(np.floor(a).astype(int), PAPER["audio"].segment_of_frame)
+  np.testing.assert_allclose(DEFAULT["video"].time_patch_times, np.arange(8) / 2 + 0.25)

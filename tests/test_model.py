@@ -114,3 +114,20 @@ def test_remat_and_scan_give_same_output():
   ref = jax.jit(base.apply)(variables, tokens, t)
   remat, _ = _setup(remat_policy="dots")
   np.testing.assert_allclose(jax.jit(remat.apply)(variables, tokens, t)["audio"], ref["audio"], atol=1e-5)
+
+
+def test_aligned_time_embedding_shares_the_temporal_code():
+  lay = L.Layout((L.ModalityLayout("video", (4, 4, 4, 3), (2, 2, 2), (2, 2)),
+                  L.ModalityLayout("audio", (8, 5), (1,), (4, 4))))
+  d, time_dim = 48, 16
+  scale = 4 / 2
+  v = layers.aligned_position_embedding(lay["video"].grid, lay["video"].time_patch_times, d, time_dim, scale)
+  a = layers.aligned_position_embedding(lay["audio"].grid, lay["audio"].time_patch_times, d, time_dim, scale)
+  assert v.shape == (8, d) and a.shape == (8, d)
+  # video time patch 0 covers frames 0-1 = audio frames 0-3 (segment 0): same time -> same code as
+  # the mean of those audio times
+  np.testing.assert_allclose(lay["video"].time_patch_times[0], lay["audio"].time_patch_times[:4].mean())
+  model, _ = _setup(aligned_time=True)
+  tokens, t = _inputs(model.layout)
+  out = jax.jit(model.apply)(jax.jit(model.init)(jax.random.key(0), tokens, t), tokens, t)
+  assert out["video"].shape == tokens["video"].shape

@@ -41,6 +41,7 @@ class AVDiTConfig:
   scan_layers: bool = True
   attention: str = "xla"
   freq_embed_dim: int = 256
+  aligned_time: bool = False
 
   @classmethod
   def from_config(cls, model_cfg) -> "AVDiTConfig":
@@ -54,7 +55,8 @@ class AVDiTConfig:
                mlp_ratio=model_cfg.mlp_ratio, self_condition=model_cfg.self_cond_rate > 0,
                dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype,
                remat_policy=model_cfg.remat_policy, scan_layers=model_cfg.scan_layers,
-               attention=model_cfg.attention, freq_embed_dim=model_cfg.freq_embed_dim)
+               attention=model_cfg.attention, freq_embed_dim=model_cfg.freq_embed_dim,
+               aligned_time=model_cfg.get("aligned_time", False))
 
 
 class Block(nn.Module):
@@ -115,7 +117,14 @@ class AVDiT(nn.Module):
         x_m = jnp.concatenate([x_m, sc], axis=-1)
       x_m = layers.dense(d, ("patch", "embed"), dtype=dtype, param_dtype=pdtype,
                          name=f"embed_{mod.name}")(x_m)
-      pos = layers.grid_position_embedding(mod.grid, d)
+      if cfg.aligned_time:
+        # one temporal code for all modalities: time in segment units, scaled so that the finest
+        # modality's temporal patches are one unit apart
+        scale = max(m.grid[0] for m in lay.modalities) / lay.num_segments
+        time_dim = 2 * (d // (2 * max(len(m.grid) for m in lay.modalities)))
+        pos = layers.aligned_position_embedding(mod.grid, mod.time_patch_times, d, time_dim, scale)
+      else:
+        pos = layers.grid_position_embedding(mod.grid, d)
       xs.append(x_m + jnp.asarray(pos, dtype) + modality_emb[m].astype(dtype))
     x = nn.with_logical_constraint(jnp.concatenate(xs, axis=1), layers.BLE)
 

@@ -50,6 +50,20 @@ def grid_position_embedding(grid: tuple[int, ...], dim: int) -> np.ndarray:
   return np.pad(emb, ((0, 0), (0, dim - emb.shape[-1]))).astype(np.float32)
 
 
+def aligned_position_embedding(grid: tuple[int, ...], times: np.ndarray, dim: int, time_dim: int,
+                               time_scale: float) -> np.ndarray:
+  """Like `grid_position_embedding`, but the time axis is coded from `times` (segment units, shared
+  by all modalities) in the first `time_dim` channels, so that tokens of different modalities at the
+  same moment share their temporal code. Remaining grid axes split the rest. [prod(grid), dim]."""
+  coords = np.stack(np.meshgrid(*[np.arange(g) for g in grid], indexing="ij"), -1).reshape(-1, len(grid))
+  parts = [sinusoidal(np.asarray(times)[coords[:, 0]] * time_scale, time_dim)]
+  if len(grid) > 1:
+    per_axis = 2 * ((dim - time_dim) // (2 * (len(grid) - 1)))
+    parts += [sinusoidal(coords[:, a], per_axis) for a in range(1, len(grid))]
+  emb = np.concatenate(parts, axis=-1)
+  return np.pad(emb, ((0, 0), (0, dim - emb.shape[-1]))).astype(np.float32)
+
+
 def timestep_features(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
   """Integer levels [...] -> [..., dim] float32 sin/cos features (as in DiT)."""
   half = dim // 2
