@@ -97,7 +97,7 @@ def _cmd_data(config) -> None:
   data_dir = loop.resolve_data_dir(config)
   spec = data_format.load_spec(data_dir)
   print(f"dataset: {data_dir}")
-  print(json.dumps(spec.to_json() if hasattr(spec, "to_json") else str(spec), indent=2))
+  print(json.dumps(data_format.spec_to_json(spec), indent=2))
 
 
 def _cmd_evaluate(config) -> None:
