@@ -31,6 +31,9 @@ def get_config(arg: str | None = None):
   config.model.self_cond_rate = 0.9
   config.model.dtype = "bfloat16"
   config.model.remat_policy = "dots_no_batch"
+  # The Pallas splash kernel when compiling for TPU (L = 426 tokens, padded to 512 inside the kernel
+  # call), einsum attention elsewhere. See benchmarks/results/tpu_attention.md.
+  config.model.attention = "auto"
 
   config.schedule.kind = "linear"
   config.schedule.num_steps = 1000

@@ -51,6 +51,9 @@ class AVDiTConfig:
     if model_cfg.remat_policy not in ("none", *REMAT_POLICIES):
       raise ValueError(f"config.model.remat_policy={model_cfg.remat_policy!r}: expected one of "
                        f"{('none', *REMAT_POLICIES)}")
+    if model_cfg.attention not in layers.ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(f"config.model.attention={model_cfg.attention!r}: expected one of "
+                       f"{layers.ATTENTION_IMPLEMENTATIONS}")
     return cls(width=model_cfg.width, depth=model_cfg.depth, num_heads=model_cfg.num_heads,
                mlp_ratio=model_cfg.mlp_ratio, self_condition=model_cfg.self_cond_rate > 0,
                dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype,
