@@ -29,6 +29,9 @@ def get_config(arg: str | None = None):
   config.model.num_heads = 4
   config.model.mlp_ratio = 4
   config.model.self_cond_rate = 0.0
+  # Unrolled layers: on XLA:CPU the scanned stack's per-layer residual slicing costs 8-15% of a train
+  # step (benchmarks/PERF_LOG.md, section 6); compile time grows ~20%. The paper config keeps the scan.
+  config.model.scan_layers = False
 
   # The paper's linear schedule. (Cosine reaches ᾱ_T ≈ 2e-9, where an ε-prediction's x0 estimate
   # amplifies the model's error by ~500x in the first DDIM step out of T.)

@@ -32,6 +32,9 @@ def get_config(arg: str | None = None):
   config.model.num_heads = 6
   config.model.mlp_ratio = 4
   config.model.self_cond_rate = 0.0
+  # Unrolled layers: on XLA:CPU the scanned stack's per-layer residual slicing costs 8-15% of a train
+  # step (benchmarks/PERF_LOG.md, section 6); compile time grows ~20%. The paper config keeps the scan.
+  config.model.scan_layers = False
 
   config.schedule.kind = "linear"
   config.schedule.num_steps = 1000
