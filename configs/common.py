@@ -64,6 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.attention = "xla"
   c.model.freq_embed_dim = 256  # sinusoidal timestep features before the MLP
   c.model.aligned_time = False  # one temporal position code shared by all modalities (segment units)
+  c.model.prediction = "eps"  # network output: eps (the paper) | v (see monl.schedule.PREDICTIONS)
 
   c.schedule = ml_collections.ConfigDict()
   c.schedule.kind = "linear"  # linear | cosine

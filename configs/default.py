@@ -32,6 +32,9 @@ def get_config(arg: str | None = None):
   # Unrolled layers: on XLA:CPU the scanned stack's per-layer residual slicing costs 8-15% of a train
   # step (benchmarks/PERF_LOG.md, section 6); compile time grows ~20%. The paper config keeps the scan.
   config.model.scan_layers = False
+  # v-prediction (the paper predicts eps): at this budget it halves the audio-video disagreement of
+  # joint samples and turns the video from speckle into one moving ball (README, "Sample quality").
+  config.model.prediction = "v"
 
   # The paper's linear schedule. (Cosine reaches ᾱ_T ≈ 2e-9, where an ε-prediction's x0 estimate
   # amplifies the model's error by ~500x in the first DDIM step out of T.)

@@ -118,6 +118,32 @@ def v_to_x0(x_t, v, ab):
   return jnp.sqrt(ab) * x_t - jnp.sqrt(1.0 - ab) * v
 
 
+# What the network outputs (config.model.prediction). "eps" is the paper's; "v" weights the loss by
+# 1/ᾱ relative to eps (v - v̂ = (ε - ε̂)/sqrt(ᾱ)), i.e. towards the high-noise levels that decide a
+# sample's layout, and stays well conditioned at every level.
+PREDICTIONS = ("eps", "v")
+
+
+def check_prediction(prediction: str) -> str:
+  if prediction not in PREDICTIONS:
+    raise ValueError(f"config.model.prediction={prediction!r}: expected one of {PREDICTIONS}")
+  return prediction
+
+
+def prediction_target(schedule: Schedule, prediction: str, z0, eps, t, cell_index):
+  """The regression target of a `prediction` network: eps itself, or v. Shapes as in `add_noise`."""
+  if check_prediction(prediction) == "eps":
+    return eps
+  return eps_to_v(z0, eps, per_element(schedule.alpha_bar_of(t), cell_index, z0.ndim))
+
+
+def output_to_eps(schedule: Schedule, prediction: str, z_t, out, t, cell_index):
+  """The noise implied by a `prediction` network's output at noisy `z_t` (what the samplers use)."""
+  if check_prediction(prediction) == "eps":
+    return out
+  return v_to_eps(z_t, out, per_element(schedule.alpha_bar_of(t), cell_index, z_t.ndim))
+
+
 def ddpm_posterior(x_t, x0, ab_t, ab_s):
   """Mean and variance of q(x_s | x_t, x0) for levels s < t (respaced steps allowed).
 

@@ -71,3 +71,24 @@ def test_bad_kind():
   import ml_collections
   with pytest.raises(ValueError, match="config.schedule.kind='sqrt'"):
     S.Schedule.from_config(ml_collections.ConfigDict(dict(kind="sqrt", num_steps=10)))
+
+
+@pytest.mark.parametrize("prediction", S.PREDICTIONS)
+def test_prediction_target_and_output_to_eps_are_inverse_per_cell(prediction):
+  """A network that outputs its exact target yields the true noise, each cell at its own level."""
+  sched = S.Schedule.from_betas(S.linear_betas(1000))
+  cell_index = np.array([0, 0, 1, 2, 3, 3])
+  t = jnp.array([[[1, 10], [500, 1000]], [[999, 3], [250, 750]]])  # [B=2, M=2, N=2]
+  z0 = jax.random.normal(jax.random.key(1), (2, 6, 4))
+  eps = jax.random.normal(jax.random.key(2), (2, 6, 4))
+  z_t = S.add_noise(sched, z0, eps, t, cell_index)
+  target = S.prediction_target(sched, prediction, z0, eps, t, cell_index)
+  np.testing.assert_allclose(S.output_to_eps(sched, prediction, z_t, target, t, cell_index), eps, atol=2e-5)
+  if prediction == "v":  # v differs from eps by a per-cell ᾱ mix with x0, not a constant
+    ab = np.asarray(sched.alpha_bar)[np.asarray(t).reshape(2, 4)][:, cell_index][..., None]
+    np.testing.assert_allclose(target, np.sqrt(ab) * eps - np.sqrt(1 - ab) * z0, atol=1e-5)
+
+
+def test_unknown_prediction_names_the_field():
+  with pytest.raises(ValueError, match="config.model.prediction='x0'"):
+    S.check_prediction("x0")

@@ -108,10 +108,10 @@ class Generator:
   def _compiled(self, cfg: sampler_lib.SamplerConfig, steps: int, pyramid_delay: int):
     levels = sampler_lib.level_schedule(self.schedule.num_steps, steps, self.layout.num_modalities,
                                         self.layout.num_segments, pyramid_delay=pyramid_delay)
-    model, lay, sched = self.model, self.layout, self.schedule
+    obj, lay, sched = self.obj, self.layout, self.schedule
 
     def run(params, x0, given, key):
-      denoise = lambda tok, t, sc: model.apply(params, tok, t, sc)
+      denoise = lambda tok, t, sc: obj.eps(params, tok, t, sc)
       return sampler_lib.sample(denoise, lay, sched, levels, x0, given, key, cfg)
     return jax.jit(run), len(levels) - 1
 

@@ -42,6 +42,7 @@ class Objective:
   clean_prob: float
   self_cond_rate: float
   num_level_buckets: int
+  prediction: str = "eps"  # what the network outputs: eps | v (schedule.PREDICTIONS)
 
   @classmethod
   def from_config(cls, config, model: avdit.AVDiT) -> "Objective":
@@ -49,7 +50,15 @@ class Objective:
                mixture_weights=mixture.validate_weights(config.mixture.weights),
                clean_prob=float(config.mixture.clean_prob),
                self_cond_rate=float(config.model.self_cond_rate),
-               num_level_buckets=int(config.train.num_level_buckets))
+               num_level_buckets=int(config.train.num_level_buckets),
+               prediction=schedule_lib.check_prediction(config.model.prediction))
+
+  def eps(self, params, z_t, t, self_cond=None):
+    """{m: [B, L_m, P_m]} the model's noise estimate, whatever its output parameterisation."""
+    out = self.model.apply(params, z_t, t, self_cond)
+    cells = self.layout.cell_of_token_by_modality()
+    return {m: schedule_lib.output_to_eps(self.schedule, self.prediction, z_t[m], out[m], t, cells[m])
+            for m in out}
 
 
 def make_optimizer(train_cfg) -> optax.GradientTransformation:
@@ -71,11 +80,11 @@ def predict_x0(obj: Objective, z_t, t, eps_hat):
           for m in z_t}
 
 
-def per_cell_squared_error(obj: Objective, eps_hat, eps) -> jax.Array:
-  """[B, M * N] sum of squared noise-prediction errors over each cell's elements."""
+def per_cell_squared_error(obj: Objective, pred, target) -> jax.Array:
+  """[B, M * N] sum of squared prediction errors (eps or v) over each cell's elements."""
   total = 0.0
   for name, cells in obj.layout.cell_of_token_by_modality().items():
-    sq = jnp.sum(jnp.square(eps_hat[name] - eps[name].astype(jnp.float32)), axis=-1)  # [B, L_m]
+    sq = jnp.sum(jnp.square(pred[name] - target[name].astype(jnp.float32)), axis=-1)  # [B, L_m]
     one_hot = np.eye(obj.layout.num_cells, dtype=np.float32)[cells]  # [L_m, C], a constant
     total = total + sq @ one_hot
   return total
@@ -108,13 +117,15 @@ def loss_and_metrics(params, obj: Objective, batch, key: jax.Array):
     # With probability `self_cond_rate` (per batch, so the extra forward pass is skipped otherwise),
     # feed the model its own x0 estimate from a first pass, without gradient (W.A.L.T, Chen et al.).
     def estimate():
-      eps_first = obj.model.apply(params, z_t, t, None)
+      eps_first = obj.eps(params, z_t, t)
       return jax.lax.stop_gradient(predict_x0(obj, z_t, t, eps_first))
     zeros = lambda: jax.tree.map(jnp.zeros_like, z_t)
     self_cond = jax.lax.cond(jax.random.bernoulli(k_flip, obj.self_cond_rate), estimate, zeros)
 
-  eps_hat = obj.model.apply(params, z_t, t, self_cond)
-  cell_sq = per_cell_squared_error(obj, eps_hat, eps)  # [B, C]
+  pred = obj.model.apply(params, z_t, t, self_cond)
+  target = {m: schedule_lib.prediction_target(obj.schedule, obj.prediction, tokens[m], eps[m], t, cells[m])
+            for m in lay.names}
+  cell_sq = per_cell_squared_error(obj, pred, target)  # [B, C]
   noisy = (t.reshape(b, -1) > 0).astype(jnp.float32)  # [B, C]; clean cells excluded
   count = jnp.asarray(lay.elements_per_cell)[None] * noisy
   loss = jnp.sum(cell_sq * noisy) / jnp.maximum(jnp.sum(count), 1.0)
