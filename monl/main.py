@@ -62,8 +62,25 @@ def _cmd_train(config) -> int:
   return 0
 
 
+def _without_jemalloc_preload() -> None:
+  """libtpu's TPU compiler segfaults when jemalloc is preloaded (launch/env.sh preloads it for faster
+  CPU training): re-run this same command without it, saying so, before libtpu is loaded."""
+  import os
+  preload = os.environ.get("LD_PRELOAD", "")
+  if "jemalloc" not in preload:
+    return
+  kept = ":".join(p for p in preload.split(":") if p and "jemalloc" not in p)
+  env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+  if kept:
+    env["LD_PRELOAD"] = kept
+  print(f"[monl] plan: re-running without LD_PRELOAD={preload} (libtpu crashes with jemalloc preloaded)",
+        file=sys.stderr, flush=True)
+  os.execve(sys.executable, [sys.executable, "-m", "monl.main", *sys.argv[1:]], env)
+
+
 def _cmd_plan(config) -> None:
   from monl import plan
+  _without_jemalloc_preload()
   p = plan.plan(config, FLAGS.topology)
   print(plan.to_json(p) if FLAGS.json else plan.format_table(p))
 

@@ -35,8 +35,9 @@ def _randomize(variables, seed=1):
   return jax.tree.unflatten(tree, [l + 0.05 * jax.random.normal(k, l.shape) for k, l in zip(keys, leaves)])
 
 
-def test_every_parameter_has_logical_axes():
-  model, lay = _setup()
+@pytest.mark.parametrize("scan", [True, False])
+def test_every_parameter_has_logical_axes(scan):
+  model, lay = _setup(scan_layers=scan)
   tokens, t = _inputs(lay, 1)
   boxed = jax.eval_shape(model.init, jax.random.key(0), tokens, t)
   flat = jax.tree_util.tree_flatten_with_path(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))[0]
@@ -45,7 +46,7 @@ def test_every_parameter_has_logical_axes():
   for _, x in flat:
     assert len(x.names) == len(x.value.shape)
   # scanned layers carry the stacking axis name
-  assert any(x.names[0] == "layers" for _, x in flat)
+  assert any(x.names[0] == "layers" for _, x in flat) == scan
 
 
 @pytest.mark.parametrize("scan", [True, False])

@@ -42,7 +42,7 @@ def test_replication_check(eight_devices):
   assert eight_devices["replication_fsdp8"] < 0.05
   err = eight_devices["replication_error"]
   assert err is not None and "config.mesh.max_replicated_fraction" in err
-  assert "['params']['blocks']" in err and "MiB" in err  # names the largest replicated parameters
+  assert "['params']['block" in err and "MiB" in err  # names the largest replicated parameters
 
 
 def test_restore_onto_other_meshes_is_identical(eight_devices):

