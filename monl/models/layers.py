@@ -85,7 +85,7 @@ def to_tokens(per_cell: jax.Array, cell_of_token: np.ndarray) -> jax.Array:
 
   Written as a concatenation of per-cell broadcasts over the (few, static) runs of tokens that share
   a cell, not as a gather: XLA fuses the broadcasts into their consumers, and the backward pass is a
-  sum over each run instead of a scatter-add (measured ~5% of a CPU train step, benchmarks/PERF_LOG.md).
+  sum over each run instead of a scatter-add (a few % of a CPU train step, benchmarks/PERF_LOG.md §6).
   """
   b, _, d = per_cell.shape
   return jnp.concatenate([jnp.broadcast_to(per_cell[:, c:c + 1], (b, n, d))
