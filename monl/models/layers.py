@@ -6,6 +6,7 @@ Logical axis names (mapped to mesh axes by the rule tables in `monl.parallel.rul
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import flax.linen as nn
@@ -195,6 +196,9 @@ def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str)
     return out.swapaxes(1, 2)
   if implementation == "splash":
     interpret = attention_platform() != "tpu"
+    if interpret:  # traced once per compiled program, so this warns once per program, not per step
+      logging.warning("config.model.attention='splash' off TPU runs the Pallas kernel in its interpreter "
+                      "(very slow; for tests). Use 'auto' or 'xla' to train on %s.", attention_platform())
     return _shard_mapped(lambda *a: splash_attention(*a, interpret=interpret), q, k, v)
   raise ValueError(f"config.model.attention={implementation!r}: expected one of {ATTENTION_IMPLEMENTATIONS}")
 
