@@ -10,6 +10,7 @@ not worth quoting. Comparisons (A vs B) are interleaved A, B, A, B, ... in one p
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -71,6 +72,16 @@ def machine_line(info: dict | None = None) -> str:
 
 
 # ----------------------------------------------------------------------------------------- timing
+def timing_parser(doc: str, *, iters: int, warmup: int, out: str, quick_help: str) -> argparse.ArgumentParser:
+  """The flags every timing benchmark shares: --iters, --warmup, --quick (a smoke run), --out (JSON name)."""
+  p = argparse.ArgumentParser(description=doc.splitlines()[0])
+  p.add_argument("--iters", type=int, default=iters)
+  p.add_argument("--warmup", type=int, default=warmup)
+  p.add_argument("--quick", action="store_true", help=quick_help)
+  p.add_argument("--out", default=out)
+  return p
+
+
 def time_calls(fn: Callable[[], object], *, warmup: int = 2, iters: int = 5) -> list[float]:
   """Wall seconds of `iters` calls of fn (each blocked until ready) after `warmup` untimed calls."""
   import jax

@@ -11,7 +11,6 @@ forward seconds; issue 7's target is ≤ 1.1.
 """
 from __future__ import annotations
 
-import argparse
 
 import common
 
@@ -50,14 +49,11 @@ def bench_config(name: str, args) -> dict:
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = common.timing_parser(__doc__, iters=3, warmup=1, out="sampling",
+                           quick_help="smoke run: tiny model, 2 steps, 1 iteration")
   p.add_argument("--configs", default="default,midsize")
   p.add_argument("--steps", type=int, default=50)
-  p.add_argument("--iters", type=int, default=3)
-  p.add_argument("--warmup", type=int, default=1)
   p.add_argument("--task", default="joint", help="joint, or any named task of monl.sample.tasks")
-  p.add_argument("--quick", action="store_true", help="smoke run: tiny model, 2 steps, 1 iteration")
-  p.add_argument("--out", default="sampling")
   args = p.parse_args(argv)
   if args.quick:
     args.steps, args.iters = 2, 1

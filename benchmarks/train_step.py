@@ -12,7 +12,6 @@ in the same process (median of a run before and after the steps). Mid-size = con
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import common
@@ -65,13 +64,10 @@ def bench_config(name: str, args, overrides) -> dict:
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = common.timing_parser(__doc__, iters=5, warmup=2, out="train_step",
+                           quick_help="smoke run: tiny models, 1 iteration")
   p.add_argument("--configs", default="default,midsize")
-  p.add_argument("--iters", type=int, default=5)
-  p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--set", action="append", help="config override, e.g. model.attention=dot_product")
-  p.add_argument("--quick", action="store_true", help="smoke run: tiny models, 1 iteration")
-  p.add_argument("--out", default="train_step")
   args = p.parse_args(argv)
   if args.quick:
     args.iters, args.warmup = 1, 1

@@ -16,7 +16,6 @@ count over torch's time for reference.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 
@@ -29,13 +28,10 @@ def cpu_seconds():
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = common.timing_parser(__doc__, iters=7, warmup=2, out="train_vs_torch",
+                           quick_help="smoke run: tiny model, 1 iteration")
   p.add_argument("--config", default="midsize")
-  p.add_argument("--iters", type=int, default=7)
-  p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--set", action="append", help="monl config override, e.g. model.attention=dot_product")
-  p.add_argument("--quick", action="store_true", help="smoke run: tiny model, 1 iteration")
-  p.add_argument("--out", default="train_vs_torch")
   args = p.parse_args(argv)
   if args.quick:
     args.iters, args.warmup = 1, 1
