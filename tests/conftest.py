@@ -17,10 +17,11 @@ def builtin_dataset(tmp_path_factory):
                                               num_train=64, num_test=16, seed=0, num_shards=2))
 
 
-def tiny_config(data_dir: str, **overrides):
-  """The default config shrunk for tests: width 32, 2 layers, batch 8, on `data_dir`."""
-  from configs import default
-  c = default.get_config()
+def tiny_config(data_dir: str, base: str = "default", **overrides):
+  """The `configs/<base>.py` config (default: default.py) shrunk for tests: width 32, 2 layers,
+  batch 8, on `data_dir`."""
+  import importlib
+  c = importlib.import_module(f"configs.{base}").get_config()
   c.data.dir = data_dir
   c.data.batch_size = 8
   c.model.width, c.model.depth, c.model.num_heads, c.model.freq_embed_dim = 32, 2, 2, 32

@@ -28,24 +28,22 @@ Decoders for looking and listening: `video_to_frames` → `write_gif`; `audio_to
 resynthesis: one sinusoid per bin) → `write_wav`.
 
 `ensure_builtin_dataset` generates the npz clips into a temporary directory and runs
-`monl.data.prepare`; `dataset.json`'s `produced_by.generator` records the generator version and
-parameters, so an existing dataset is reused only when they match.
+`monl.data.prepare` (the machinery shared with `monl.data.symbols`, in `monl.data.builtin`);
+`dataset.json`'s `produced_by.generator` records the generator version and parameters, so an existing
+dataset is reused only when they match. `resolve_data_dir` picks the built-in dataset that
+`config.data.builtin` names.
 """
 from __future__ import annotations
 
 import math
-import sys
-import tempfile
 import wave
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from etils import epath
-from tqdm import tqdm
 
+from monl.data import builtin
 from monl.data import format as fmt
-from monl.data import prepare
 
 GENERATOR_NAME = "monl.data.synthetic.bouncing_ball"
 GENERATOR_VERSION = 1  # bump whenever generated clips change
@@ -164,28 +162,18 @@ def generate_clip(rng: np.random.Generator) -> dict[str, Any]:
   return {"video": video.astype(np.float32), "audio": audio.astype(np.float32), "meta": meta}
 
 
-def clip_rng(seed: int, split_index: int, index: int) -> np.random.Generator:
-  """The generator of clip `index` of split number `split_index`: independent of the split sizes."""
-  return np.random.default_rng([seed, split_index, index])
+clip_rng = builtin.clip_rng  # the generator of clip `index` of split number `split_index`
 
 
 def write_npz_dataset(out_dir: fmt.PathLike, num_train: int, num_test: int, seed: int,
                       progress: bool = False) -> epath.Path:
   """Writes `out_dir/{train,test}/clip_XXXXXX.npz` (keys `video`, `audio`), the input of `prepare`."""
-  out = epath.Path(out_dir)
-  for split_index, (split, n) in enumerate((("train", num_train), ("test", num_test))):
-    (out / split).mkdir(parents=True, exist_ok=True)
-    for i in tqdm(range(n), desc=f"generate {split}", unit="clip", disable=not progress):
-      clip = generate_clip(clip_rng(seed, split_index, i))
-      with (out / split / f"clip_{i:06d}.npz").open("wb") as f:
-        np.savez(f, video=clip["video"], audio=clip["audio"])
-  return out
+  return builtin.write_npz_clips(out_dir, generate_clip, num_train, num_test, seed, progress=progress)
 
 
 def generator_params(num_train: int, num_test: int, seed: int, num_shards: int) -> dict[str, Any]:
   """What `produced_by.generator` records; an existing dataset is reused only if it is equal."""
-  return {"name": GENERATOR_NAME, "version": GENERATOR_VERSION, "num_train": int(num_train),
-          "num_test": int(num_test), "seed": int(seed), "num_shards": int(num_shards)}
+  return builtin.generator_params(GENERATOR_NAME, GENERATOR_VERSION, num_train, num_test, seed, num_shards)
 
 
 def ensure_builtin_dataset(dataset_dir: fmt.PathLike, num_train: int = 2048, num_test: int = 256,
@@ -194,52 +182,19 @@ def ensure_builtin_dataset(dataset_dir: fmt.PathLike, num_train: int = 2048, num
 
   Reuses a complete dataset whose `produced_by.generator` equals `generator_params(...)`; rebuilds one
   produced by this generator with other parameters or version; refuses (DatasetError) to touch a
-  directory that holds anything else. Multi-host: call it on one process and wait, or give each host
-  its own directory."""
-  out = epath.Path(dataset_dir).expanduser()
-  want = generator_params(num_train, num_test, seed, num_shards)
-  overwrite = False
-  if (out / fmt.SPEC_FILE).exists():
-    spec = fmt.load_spec(out)
-    got = spec.produced_by.get("generator")
-    if got == want:
-      for split in spec.splits:
-        fmt.shard_paths(out, split, spec)  # a deleted shard is an error, not a silent rebuild
-      return out
-    if not isinstance(got, Mapping) or got.get("name") != GENERATOR_NAME:
-      raise fmt.DatasetError(f"{out}: holds a dataset not produced by {GENERATOR_NAME} (produced_by "
-                             f"{dict(spec.produced_by)}); refusing to overwrite it: choose another "
-                             f"data.builtin_dir")
-    print(f"{out}: built-in dataset has generator {got}, wanted {want}: rebuilding", file=sys.stderr)
-    overwrite = True
-  elif out.exists() and any(out.iterdir()):
-    raise fmt.DatasetError(f"{out}: exists, is not empty and has no {fmt.SPEC_FILE}; refusing to "
-                           f"build the built-in dataset there")
-  with tempfile.TemporaryDirectory(prefix="monl-synthetic-") as tmp:
-    write_npz_dataset(tmp, num_train, num_test, seed, progress=progress)
-    try:
-      prepare.prepare(
-          tmp, out, modalities=("video", "audio"),
-          segments={"video": VIDEO_SEGMENTS, "audio": AUDIO_SEGMENTS},
-          seconds_per_segment=(SECONDS / NUM_SEGMENTS,) * NUM_SEGMENTS, num_shards=num_shards,
-          stats_split="train", stats_max_examples=1000, overwrite=overwrite,
-          produced_by={"generator": want, "input_dir": "(temporary npz clips from monl.data.synthetic)"},
-          progress=progress)
-    except fmt.DatasetError:
-      # Another process may have finished the same build first (prepare refuses to overwrite).
-      if (out / fmt.SPEC_FILE).exists() and fmt.load_spec(out).produced_by.get("generator") == want:
-        return out
-      raise
-  return out
+  directory that holds anything else (`monl.data.builtin.ensure_dataset`). Multi-host: call it on one
+  process and wait, or give each host its own directory."""
+  return builtin.ensure_dataset(
+      dataset_dir, generator_params(num_train, num_test, seed, num_shards), generate_clip,
+      segments={"video": VIDEO_SEGMENTS, "audio": AUDIO_SEGMENTS},
+      seconds_per_segment=(SECONDS / NUM_SEGMENTS,) * NUM_SEGMENTS, source="monl.data.synthetic",
+      progress=progress)
 
 
 def resolve_data_dir(data_config: Any) -> epath.Path:
-  """`config.data` → the dataset directory: `data.dir`, or the built-in dataset when it is ''."""
-  if data_config.dir:
-    return epath.Path(data_config.dir)
-  syn = data_config.synthetic
-  return ensure_builtin_dataset(data_config.builtin_dir, num_train=syn.num_train, num_test=syn.num_test,
-                                seed=syn.seed, num_shards=syn.num_shards)
+  """`config.data` → the dataset directory: `data.dir`, or, when it is '', the built-in dataset that
+  `data.builtin` names (`monl.data.builtin.DATASETS`; no field = this bouncing ball)."""
+  return builtin.resolve_data_dir(data_config)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -13,24 +13,33 @@ For every task (named tasks of `monl.sample.tasks`, the eval split `config.data.
      CPU costs ~1.5 s per clip). Video in [0, 1] is scaled by `config.eval.video_scale` to [0, 255].
      Real-data feature statistics are cached as `.npz` under `config.eval.cache_dir`, keyed by
      dataset, split, extractor, resize rule, number of clips and the frames kept.
-   * on the built-in dataset, the ground-truth task scores of `monl.data.synthetic` on the raw
-     (de-normalised) clips, lower is better: `trajectory_error` when any video cell is generated,
-     `av_agreement` and `bounce_sync` (cross-modal) for every task; each with the same score on the
-     real clips (the reference floor).
+   * on a built-in dataset, the ground-truth task scores of the generator that made it
+     (`ground_truth_for`, keyed by `produced_by.generator.name`) on the raw (de-normalised) clips,
+     lower is better, each with the same score on the real clips (the reference floor):
+     - bouncing ball (`monl.data.synthetic`): `trajectory_error` when any video cell is generated,
+       `av_agreement` and `bounce_sync` (cross-modal) for every task;
+     - symbols (`monl.data.symbols`): `cell_error` (generated cells with the wrong symbol for the given
+       cells and the rule) when any cell is generated, `cross_modal_agreement` for every task; the
+       true symbols are those of the real clips the task conditioned on.
+     Their entries also hold `per_clip` (one float per clip, in the
+     order of the eval split's first `num` clips), for paired tests between runs (`monl.ablate`).
    Conditioning segments are EXCLUDED from the Fréchet metrics (latent FD, FVD, KVD): only the
    frames of the segments the task generates are compared, at the same positions in the real clips,
    as the paper does for continuation/interpolation. The ground-truth scores use the whole clip (the
    seam between given and generated segments is part of what they measure).
 3. The task's `primary` metric (used by the ablation table): the ground-truth score that the task
-   is about (`PRIMARY_GT`), or on other datasets the mean latent FD over the generated modalities.
+   is about (bouncing ball: `PRIMARY_GT`; symbols: `cell_error` for every task), or on other datasets
+   the mean latent FD over the generated modalities.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -59,6 +68,13 @@ GT_LABELS = {
     "trajectory_error": "trajectory error vs free fall (box units / frame², lower is better; ground truth)",
     "av_agreement": "|ball height - pitch-implied height| (box units, lower is better; ground truth)",
     "bounce_sync": "video bounce vs audio click distance (s, capped 0.5, lower is better; ground truth)",
+}
+
+SYMBOL_GT_LABELS = {
+    "cell_error": "fraction of generated cells with the wrong symbol for the given cells and the rule "
+                  "(lower is better; ground truth)",
+    "cross_modal_agreement": "fraction of segments whose video symbol differs from the audio symbol "
+                             "(lower is better; ground truth)",
 }
 
 DEFAULTS = {
@@ -207,16 +223,19 @@ def _task_dir(task: str) -> str:
   return task.replace(":", "_").replace(",", "__")
 
 
-def _mean_entry(scores: np.ndarray, name: str, real: float | None) -> dict[str, Any]:
+def _mean_entry(scores: np.ndarray, name: str, real: float | None,
+                truth: GroundTruth | None = None) -> dict[str, Any]:
+  truth = truth or ground_truth_registry()[_BALL]
   scores = np.asarray(scores, np.float64)
   se = float(scores.std(ddof=1) / math.sqrt(len(scores))) if len(scores) > 1 else 0.0
-  return {"value": float(scores.mean()), "label": GT_LABELS[name], "stderr": se, "real": real,
-          "provenance": {"source": f"monl.data.synthetic.{name} on raw (de-normalised) clips, whole clip",
+  return {"value": float(scores.mean()), "label": truth.labels[name], "stderr": se, "real": real,
+          "per_clip": scores.tolist(),  # clip order = the first `num` clips of the split (paired tests)
+          "provenance": {"source": f"{truth.source}.{name} on raw (de-normalised) clips, whole clip",
                          "num": int(len(scores))}}
 
 
 def gt_scores(video: np.ndarray | None, audio: np.ndarray | None, video_generated: bool) -> dict[str, np.ndarray]:
-  """Per-clip ground-truth scores that apply (built-in dataset, raw scale)."""
+  """Per-clip ground-truth scores that apply (bouncing-ball dataset, raw scale)."""
   from monl.data import synthetic
   out = {}
   if video is not None and video_generated:
@@ -225,6 +244,70 @@ def gt_scores(video: np.ndarray | None, audio: np.ndarray | None, video_generate
     out["av_agreement"] = np.asarray(synthetic.av_agreement(video, audio))
     out["bounce_sync"] = np.asarray(synthetic.bounce_sync(video, audio))
   return out
+
+
+def symbol_scores(video: np.ndarray, audio: np.ndarray, given: np.ndarray,
+                  real_video: np.ndarray) -> dict[str, np.ndarray]:
+  """Per-clip ground-truth scores of the symbols dataset (raw scale). `given: [2, N]` (rows video,
+  audio); the true symbols are those of `real_video [B, T, H, W, 3]`, the clips the task conditioned on
+  (`classify_video` is exact on real clips)."""
+  from monl.data import symbols
+  out = {}
+  if not np.asarray(given, bool).all():
+    out["cell_error"] = np.asarray(symbols.cell_error(video, audio, given, symbols.classify_video(real_video)))
+  out["cross_modal_agreement"] = np.asarray(symbols.cross_modal_agreement(video, audio))
+  return out
+
+
+# (generated {name: raw [B, ...]}, real {name: raw [B, ...]}, given {name: [N] bool}) -> {score: [B]}
+ScoreFn = Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray], Mapping[str, np.ndarray]],
+                   dict[str, np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class GroundTruth:
+  """The ground-truth scores of one built-in generator (per clip, raw scale, lower is better)."""
+  source: str  # the module the scores come from (provenance)
+  labels: Mapping[str, str]
+  scores: ScoreFn
+  primary: Callable[[str, Mapping[str, Any]], str]  # (task, metrics) -> the score the task is about
+
+
+_BALL = "monl.data.synthetic.bouncing_ball"  # == synthetic.GENERATOR_NAME (checked in the registry)
+
+
+def _ball_primary(task: str, metrics: Mapping[str, Any]) -> str:
+  return PRIMARY_GT.get(task) or ("trajectory_error" if "trajectory_error" in metrics else "av_agreement")
+
+
+def _symbols_primary(task: str, metrics: Mapping[str, Any]) -> str:
+  return "cell_error" if "cell_error" in metrics else "cross_modal_agreement"
+
+
+@functools.cache
+def ground_truth_registry() -> dict[str, GroundTruth]:
+  """`produced_by.generator.name` -> its GroundTruth, for every built-in dataset."""
+  from monl.data import symbols, synthetic
+  if synthetic.GENERATOR_NAME != _BALL:
+    raise AssertionError(f"evaluate._BALL {_BALL!r} != synthetic.GENERATOR_NAME {synthetic.GENERATOR_NAME!r}")
+  ball = GroundTruth(
+      source="monl.data.synthetic", labels=GT_LABELS, primary=_ball_primary,
+      scores=lambda gen, real, given: gt_scores(gen["video"], gen["audio"],
+                                                bool((~np.asarray(given["video"], bool)).any())))
+  sym = GroundTruth(
+      source="monl.data.symbols", labels=SYMBOL_GT_LABELS, primary=_symbols_primary,
+      scores=lambda gen, real, given: symbol_scores(gen["video"], gen["audio"],
+                                                    np.stack([given["video"], given["audio"]]), real["video"]))
+  return {synthetic.GENERATOR_NAME: ball, symbols.GENERATOR_NAME: sym}
+
+
+def ground_truth_for(spec, names: Sequence[str]) -> GroundTruth | None:
+  """The ground truth of the built-in generator that produced the dataset of `spec` when the layout
+  has both `video` and `audio`; None for any other dataset."""
+  gen = spec.produced_by.get("generator")
+  if not {"video", "audio"} <= set(names) or not isinstance(gen, Mapping):
+    return None
+  return ground_truth_registry().get(gen.get("name"))
 
 
 def parse_tasks(tasks: str | Sequence[str], names: Sequence[str]) -> list[str]:
@@ -242,9 +325,13 @@ def parse_tasks(tasks: str | Sequence[str], names: Sequence[str]) -> list[str]:
   return [t.strip() for t in tasks.split(sep) if t.strip()]
 
 
-def primary_metric(task: str, metrics: dict[str, Any], builtin: bool) -> str | None:
-  if builtin:
-    want = PRIMARY_GT.get(task) or ("trajectory_error" if "trajectory_error" in metrics else "av_agreement")
+def primary_metric(task: str, metrics: dict[str, Any], truth: GroundTruth | bool | None) -> str | None:
+  """The task's primary metric: the one `truth` names (True = the bouncing ball's), else the mean
+  latent FD over the generated modalities."""
+  if truth is True:
+    truth = ground_truth_registry()[_BALL]
+  if truth:
+    want = truth.primary(task, metrics)
     if want in metrics:
       return want
   fds = [k for k in metrics if k.startswith("latent_fd_")]
@@ -279,16 +366,18 @@ def evaluate(config, workdir: str, *, tasks: str | Sequence[str] = "all", num: i
   if n < 2:
     raise ValueError(f"evaluate needs at least 2 clips of split {split!r} in {data_dir}; got {n}")
   real_norm = gen.normalize(real)
-  builtin = run_lib._is_builtin(gen.spec) and {"video", "audio"} <= set(names)
+  truth = ground_truth_for(gen.spec, names)  # None unless a built-in generator made the dataset
+  builtin = truth is not None
   has_av = {"video", "audio"} <= set(names)
   log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
 
-  # Reference floor: the ground-truth scores of the real clips.
+  # Reference floor: the ground-truth scores of the real clips (scored as if every cell were generated).
   real_ref = {}
   if builtin:
-    for k, v in gt_scores(real["video"], real["audio"], True).items():
-      real_ref[k] = _mean_entry(v, k, None)
-      real_ref[k]["label"] = GT_LABELS[k] + " on real clips (reference floor)"
+    every_cell = {m: np.zeros(lay.num_segments, bool) for m in names}
+    for k, v in truth.scores(real, real, every_cell).items():
+      real_ref[k] = _mean_entry(v, k, None, truth)
+      real_ref[k]["label"] = truth.labels[k] + " on real clips (reference floor)"
 
   # I3D availability.
   i3d_reason = None
@@ -314,7 +403,7 @@ def evaluate(config, workdir: str, *, tasks: str | Sequence[str] = "all", num: i
       "workdir": str(workdir), "checkpoint_step": int(gen.step), "dataset": data_dir, "dataset_key": dkey,
       "split": split, "num": n, "steps": steps, "seed": seed, "guidance": guidance or None,
       "sampler": config.sample.sampler, "mode": config.sample.mode, "builtin_dataset": builtin,
-      "settings": settings, "real_reference": real_ref, "tasks": {}}
+      "ground_truth": truth.source if builtin else None, "settings": settings, "real_reference": real_ref, "tasks": {}}
   for ti, task in enumerate(task_list):
     t0 = time.perf_counter()
     req = run_lib.SampleRequest(task=task, split=split, num=n, steps=steps, guidance=guidance, seed=seed,
@@ -372,10 +461,9 @@ def evaluate(config, workdir: str, *, tasks: str | Sequence[str] = "all", num: i
       else:
         skipped["fvd_i3d"] = skipped["kvd_i3d"] = reason
     if builtin:
-      vgen = bool((~given[names.index("video")]).any())
-      for k, v in gt_scores(gen_raw["video"], gen_raw["audio"], vgen).items():
-        metrics[k] = _mean_entry(v, k, real_ref[k]["value"])
-    primary = primary_metric(task, metrics, builtin)
+      for k, v in truth.scores(gen_raw, real, {m: given[mi] for mi, m in enumerate(names)}).items():
+        metrics[k] = _mean_entry(v, k, real_ref[k]["value"], truth)
+    primary = primary_metric(task, metrics, truth)
     results["tasks"][task] = {"mask": manifest["mask"], "given": manifest["given"], "primary": primary,
                               "metrics": metrics, "skipped": skipped, "samples": str(task_dir),
                               "seconds": round(time.perf_counter() - t0, 2)}

@@ -1,5 +1,9 @@
-"""Pictures and sounds of generated clips from the built-in dataset: GIF + WAV per clip and a contact
-sheet PNG showing, for every clip, which cells were given (green) and which were generated (red)."""
+"""Pictures and sounds of generated clips from the built-in datasets: GIF + WAV per clip and a contact
+sheet PNG showing, for every clip, which cells were given (green) and which were generated (red).
+
+Both built-in datasets (bouncing ball, symbols) share the frame rates (8 video / 32 audio frames per
+second), the 16 bins and the noise floor of `monl.data.synthetic`, so one decoder serves both; the
+contact sheet takes any number of segments and frames."""
 from __future__ import annotations
 
 from collections.abc import Sequence

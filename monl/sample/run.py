@@ -3,7 +3,7 @@
 Output directory layout (one sub-directory per task):
   OUT/<task>/00000.npz ...       generated clips, de-normalised to the data's scale, same modality keys
   OUT/<task>/manifest.json       per clip: source clip, task, mask, sampler, steps, guidance, seed, step
-  OUT/<task>/00000.gif/.wav      previews (built-in dataset only)
+  OUT/<task>/00000.gif/.wav      previews (built-in datasets only)
   OUT/<task>/contact_sheet.png   given (green) vs generated (red) cells of every previewed clip
 """
 from __future__ import annotations
@@ -185,9 +185,9 @@ def sample_task(gen: Generator, task: str, req: SampleRequest, out_dir: epath.Pa
 
 
 def _is_builtin(spec: data_format.DatasetSpec) -> bool:
-  from monl.data import synthetic
-  gen = spec.produced_by.get("generator")
-  return isinstance(gen, dict) and gen.get("name") == synthetic.GENERATOR_NAME
+  """Whether a built-in generator (bouncing ball, symbols: `monl.data.builtin.DATASETS`) made the data."""
+  from monl.data import builtin
+  return builtin.module_for_spec(spec) is not None
 
 
 def _write_previews(gen: Generator, out_dir: epath.Path, generated, given, count: int) -> list[str]:
