@@ -8,6 +8,10 @@ Every example first draws a reference matrix `t_ref` i.i.d. uniform on {1..T}, t
 The strategy is drawn per example from `weights` (MoNL = equal weights; a single non-zero weight is a
 single-strategy baseline). Optionally each cell is independently made clean (t = 0) with
 `clean_prob`, so the model sees the clean conditioning cells it gets at inference.
+
+Task-specific ("conditional") baselines (paper §4) instead train on one task's conditioning mask:
+`conditional_levels` puts the given cells at t = 0 and every other cell at one level per example
+(the vanilla level), selected by `config.mixture.condition_mask` (`condition_mask`).
 """
 from __future__ import annotations
 
@@ -53,6 +57,39 @@ def sample_levels(key: jax.Array, batch: int, num_modalities: int, num_segments:
     clean = jax.random.bernoulli(k_clean, clean_prob, t.shape)
     t = jnp.where(clean, 0, t)
   return t, strategy
+
+
+def conditional_levels(key: jax.Array, batch: int, given_mask, num_steps: int):
+  """Levels of a task-specific model: given cells clean, the rest at one shared level per example.
+
+  Args:
+    key: PRNG key.
+    batch: B.
+    given_mask: [M, N] bool (array or nested tuples), True where a cell is given at inference.
+    num_steps: T; the shared level is drawn uniformly from {1..T}.
+  Returns:
+    (t: int32 [B, M, N], strategy: int32 [B], all 0 = vanilla), like `sample_levels`.
+  """
+  given = jnp.asarray(given_mask, bool)
+  level = jax.random.randint(key, (batch, 1, 1), 1, num_steps + 1, jnp.int32)
+  t = jnp.where(given[None], 0, jnp.broadcast_to(level, (batch, *given.shape)))
+  return t, jnp.zeros((batch,), jnp.int32)
+
+
+def condition_mask(spec: str, names, num_segments: int, k: int = 2,
+                   where: str = "config.mixture.condition_mask") -> tuple[tuple[bool, ...], ...] | None:
+  """A task name or mask string (`monl.sample.tasks.task_mask`, k = continuation length) -> the
+  [M][N] mask of given cells as nested tuples (hashable, for the jitted objective); '' -> None."""
+  if not spec:
+    return None
+  from monl.sample import tasks as tasks_lib  # numpy-only; task masks live with the sampler
+  try:
+    given = tasks_lib.task_mask(spec, names, num_segments, k=k)
+  except tasks_lib.MaskError as e:
+    raise ValueError(f"{where}={spec!r}: {e}") from None
+  if given.all():
+    raise ValueError(f"{where}={spec!r}: every cell is given, nothing would be trained")
+  return tuple(tuple(bool(x) for x in row) for row in given)
 
 
 def validate_weights(weights, where: str = "config.mixture.weights") -> tuple[float, ...]:

@@ -58,3 +58,45 @@ def test_bad_weights():
     mixture.validate_weights((0, 0, 0, 0))
   with pytest.raises(ValueError, match="config.mixture.weights"):
     mixture.validate_weights((1, 1))
+
+
+def test_conditional_levels_clean_on_given_cells_one_level_elsewhere():
+  given = np.array([[True, True, False, False], [False, False, False, True]])
+  t, s = jax.jit(lambda k: mixture.conditional_levels(k, 3000, given, 1000))(jax.random.key(0))
+  t, s = np.asarray(t), np.asarray(s)
+  assert t.shape == (3000, 2, 4) and t.dtype == np.int32 and (s == 0).all()
+  assert (t[:, given] == 0).all()  # exactly the given cells are clean ...
+  rest = t[:, ~given]
+  assert (rest >= 1).all() and (rest <= 1000).all()  # ... and none of the others
+  assert (rest == rest[:, :1]).all()  # one shared level per example
+  hist = np.histogram(rest[:, 0], bins=10, range=(0.5, 1000.5))[0]  # uniform on 1..T across examples
+  np.testing.assert_allclose(hist / hist.sum(), 0.1, atol=0.02)
+
+
+def test_condition_mask_resolves_tasks_and_names_the_field():
+  names = ("video", "audio")
+  assert mixture.condition_mask("", names, 4) is None
+  assert mixture.condition_mask("a2v", names, 4) == ((False,) * 4, (True,) * 4)
+  assert mixture.condition_mask("continue", names, 4, k=1) == ((True, False, False, False),) * 2
+  assert mixture.condition_mask("video:1-2,audio:4", names, 4) == ((True, True, False, False),
+                                                                   (False, False, False, True))
+  with pytest.raises(ValueError, match="config.mixture.condition_mask='nope'"):
+    mixture.condition_mask("nope", names, 4)
+  with pytest.raises(ValueError, match="every cell is given"):
+    mixture.condition_mask("video:all,audio:all", names, 4)
+
+
+def test_objective_with_condition_mask_trains_only_the_generated_cells():
+  from conftest import tiny_config
+  from monl.train import loop
+  from monl.train import step as step_lib
+  c = tiny_config("/nonexistent", **{"mixture.condition_mask": "a2v"})
+  model = loop.build_model(c)
+  obj = step_lib.Objective.from_config(c, model)
+  assert obj.condition_given == ((False,) * 4, (True,) * 4)
+  batch = {m.name: jax.random.normal(jax.random.key(1), (4, *m.shape)) for m in model.layout.modalities}
+  params = model.init(jax.random.key(0), model.layout.patchify(batch),
+                      jax.numpy.ones((1, 2, 4), jax.numpy.int32))
+  _, metrics = step_lib.loss_and_metrics(params, obj, batch, jax.random.key(2))
+  video, audio = np.asarray(metrics["modality_count"])  # elements of noisy (trained) cells
+  assert video > 0 and audio == 0  # the given audio is clean (t = 0) and excluded from the loss
