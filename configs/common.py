@@ -23,6 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.dir = ""  # dataset directory, local or gs://; '' = built-in synthetic dataset
+  c.data.builtin = "bouncing_ball"  # which built-in dataset data.dir='' means: bouncing_ball | symbols
   c.data.builtin_dir = "~/.cache/monl/synthetic_v1"  # where the built-in dataset is built on first use
   c.data.train_split = "train"
   c.data.eval_split = "test"
@@ -31,7 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_threads = 2  # Grain read threads per process
   c.data.prefetch = 2  # Grain prefetch buffer (batches)
   c.data.worker_count = 0  # Grain worker processes (0 = in-process; faster on small hosts)
-  c.data.synthetic = ml_collections.ConfigDict()
+  c.data.synthetic = ml_collections.ConfigDict()  # size and seed of whichever built-in dataset
   c.data.synthetic.num_train = 2048
   c.data.synthetic.num_test = 256
   c.data.synthetic.seed = 0
@@ -64,7 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.attention = "xla"
   c.model.freq_embed_dim = 256  # sinusoidal timestep features before the MLP
   c.model.aligned_time = False  # one temporal position code shared by all modalities (segment units)
-  c.model.prediction = "eps"  # network output: eps (the paper) | v (see monl.schedule.PREDICTIONS)
+  c.model.time_bias = False  # learned per-head attention bias by relative time, within / across modalities
+  c.model.time_bias_prior = 0.0  # initial cross-modal bias at offset 0 (Gaussian in offset); 0 = zeros
+  c.model.prediction = "eps"  # network output: eps (the paper) | v | x0 (see monl.schedule.PREDICTIONS)
+  c.model.x0_loss_cap = 5.0  # x0 prediction: per-cell loss weight min(1 + SNR, cap)
 
   c.schedule = ml_collections.ConfigDict()
   c.schedule.kind = "linear"  # linear | cosine
@@ -75,6 +79,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.mixture = ml_collections.ConfigDict()
   c.mixture.weights = STRATEGY_PRESETS["monl"]  # (vanilla, per_modality, per_segment, per_cell)
   c.mixture.clean_prob = 0.0  # probability that a cell is drawn clean (t = 0); excluded from the loss
+  # Task-specific baseline: '' = off; else a task name or mask (monl.sample.tasks.task_mask, with
+  # k = sample.continue_segments) whose given cells train at t = 0 and the rest at one shared level.
+  c.mixture.condition_mask = ""
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 1000

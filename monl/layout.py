@@ -25,7 +25,10 @@ class LayoutError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ModalityLayout:
-  """One modality: `shape` per example (time first, channels last), `patch` per non-channel axis."""
+  """One modality: `shape` per example (time first, channels last), `patch` per non-channel axis.
+
+  A patch size of 0 means the whole axis (e.g. video patch (2, 0, 0): one token per two whole frames).
+  """
   name: str
   shape: tuple[int, ...]
   patch: tuple[int, ...]
@@ -33,6 +36,7 @@ class ModalityLayout:
 
   def __post_init__(self):
     shape, patch, segs = tuple(self.shape), tuple(self.patch), tuple(self.segments)
+    patch = tuple(size if p == 0 else p for size, p in zip(shape, patch)) + patch[len(shape):]
     object.__setattr__(self, "shape", shape)
     object.__setattr__(self, "patch", patch)
     object.__setattr__(self, "segments", segs)
@@ -42,8 +46,9 @@ class ModalityLayout:
     if len(patch) != len(shape) - 1:
       raise LayoutError(f"{where}: patch {patch} needs one size per non-channel axis of shape {shape} "
                         f"({len(shape) - 1} sizes)")
-    if any(p <= 0 for p in patch) or any(s <= 0 for s in segs):
-      raise LayoutError(f"{where}: patch {patch} and segments {segs} must be positive")
+    if any(p < 0 for p in patch) or any(s <= 0 for s in segs):
+      raise LayoutError(f"{where}: patch {patch} must be positive (0 = the whole axis) and segments "
+                        f"{segs} positive")
     if sum(segs) != shape[0]:
       raise LayoutError(f"{where}: segments {segs} sum to {sum(segs)}, but the time length is {shape[0]}")
     for axis, (size, p) in enumerate(zip(shape[:-1], patch)):
@@ -192,6 +197,16 @@ class Layout:
   def cell_of_token(self) -> np.ndarray:
     """[L] flattened cell index of every token of the concatenated sequence."""
     return np.concatenate(list(self.cell_of_token_by_modality().values()))
+
+  @property
+  def token_times(self) -> np.ndarray:
+    """[L] time of every token of the concatenated sequence in segment units (shared by modalities)."""
+    return np.concatenate([np.repeat(m.time_patch_times, m.tokens_per_frame_patch) for m in self.modalities])
+
+  @property
+  def modality_of_token(self) -> np.ndarray:
+    """[L] index of every token's modality."""
+    return np.concatenate([np.full(m.num_tokens, i, np.int32) for i, m in enumerate(self.modalities)])
 
   @property
   def elements_per_cell(self) -> np.ndarray:

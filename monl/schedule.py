@@ -120,8 +120,12 @@ def v_to_x0(x_t, v, ab):
 
 # What the network outputs (config.model.prediction). "eps" is the paper's; "v" weights the loss by
 # 1/ᾱ relative to eps (v - v̂ = (ε - ε̂)/sqrt(ᾱ)), i.e. towards the high-noise levels that decide a
-# sample's layout, and stays well conditioned at every level.
-PREDICTIONS = ("eps", "v")
+# sample's layout, and stays well conditioned at every level. "x0" outputs the clean latent itself:
+# what the network cannot represent is then missing from x̂0, where with eps or v it is left as noise
+# (x̂0 = sqrt(ᾱ) z - sqrt(1 - ᾱ) v̂ keeps sqrt(ᾱ) z wherever v̂ is blind). That matters when tokens are
+# large and the head cannot express per-element noise (docs/diagnosis.md). Its loss is weighted per
+# cell by `x0_loss_weight`.
+PREDICTIONS = ("eps", "v", "x0")
 
 
 def check_prediction(prediction: str) -> str:
@@ -131,17 +135,33 @@ def check_prediction(prediction: str) -> str:
 
 
 def prediction_target(schedule: Schedule, prediction: str, z0, eps, t, cell_index):
-  """The regression target of a `prediction` network: eps itself, or v. Shapes as in `add_noise`."""
+  """The regression target of a `prediction` network: eps, v or z0. Shapes as in `add_noise`."""
   if check_prediction(prediction) == "eps":
     return eps
+  if prediction == "x0":
+    return z0
   return eps_to_v(z0, eps, per_element(schedule.alpha_bar_of(t), cell_index, z0.ndim))
 
 
 def output_to_eps(schedule: Schedule, prediction: str, z_t, out, t, cell_index):
-  """The noise implied by a `prediction` network's output at noisy `z_t` (what the samplers use)."""
+  """The noise implied by a `prediction` network's output at noisy `z_t` (what the samplers use).
+
+  For x0 the noise of a clean cell (ᾱ = 1) is undefined; it is returned as 0, so that the x0 implied
+  back (`eps_to_x0`, e.g. for self-conditioning) is the clean input itself."""
   if check_prediction(prediction) == "eps":
     return out
-  return v_to_eps(z_t, out, per_element(schedule.alpha_bar_of(t), cell_index, z_t.ndim))
+  ab = per_element(schedule.alpha_bar_of(t), cell_index, z_t.ndim)
+  if prediction == "x0":
+    return jnp.where(ab >= 1.0, 0.0, x0_to_eps(z_t, out, ab))
+  return v_to_eps(z_t, out, ab)
+
+
+def x0_loss_weight(schedule: Schedule, t, cap: float):
+  """[B, M, N] per-cell weight of an x0 prediction's squared error: min(1 + SNR, cap) = min(1 / (1 - ᾱ),
+  cap). Uncapped this is exactly the v loss (|v̂ - v|² = |x̂0 - x0|² / (1 - ᾱ)); the cap keeps the
+  nearly clean levels, where it diverges, from dominating (min-SNR-γ style, Hang et al. 2023)."""
+  ab = schedule.alpha_bar_of(t)
+  return jnp.minimum(1.0 / jnp.maximum(1.0 - ab, 1e-12), cap)
 
 
 def ddpm_posterior(x_t, x0, ab_t, ab_s):

@@ -80,3 +80,10 @@ def test_time_patch_times_align_modalities_in_segment_units():
   # every audio patch lies inside its own segment's unit interval, as the video frame of that cell does
   np.testing.assert_array_equal(np.floor(a).astype(int), PAPER["audio"].segment_of_frame)
   np.testing.assert_allclose(DEFAULT["video"].time_patch_times, np.arange(8) / 2 + 0.25)
+
+
+def test_patch_zero_means_the_whole_axis():
+  m = L.ModalityLayout("video", (16, 12, 20, 3), (2, 0, 0), (8, 8))
+  assert m.patch == (2, 12, 20) and m.grid == (8, 1, 1) and m.patch_dim == 2 * 12 * 20 * 3
+  with pytest.raises(L.LayoutError, match="must be positive"):
+    L.ModalityLayout("video", (16, 12, 20, 3), (2, -1, 0), (8, 8))

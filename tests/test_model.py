@@ -132,3 +132,68 @@ def test_aligned_time_embedding_shares_the_temporal_code():
   tokens, t = _inputs(model.layout)
   out = jax.jit(model.apply)(jax.jit(model.init)(jax.random.key(0), tokens, t), tokens, t)
   assert out["video"].shape == tokens["video"].shape
+
+
+def test_time_offset_buckets_share_offset_zero_across_modalities():
+  lay = L.Layout((L.ModalityLayout("video", (4, 4, 4, 3), (2, 2, 2), (2, 2)),
+                  L.ModalityLayout("audio", (8, 5), (1,), (4, 4))))
+  b = avdit.time_bias_buckets(lay)
+  assert b.shape == (lay.num_tokens, lay.num_tokens)
+  times, mod = lay.token_times, lay.modality_of_token
+  # unit = half the finest patch spacing (audio: 4 patches per segment -> 1/8), radius = 1 segment = 8
+  radius, width = 8, 17
+  assert b.max() == 2 * width - 1
+  same_time = np.isclose(times[:, None], times[None, :])
+  cross = mod[:, None] != mod[None, :]
+  np.testing.assert_array_equal(b[same_time & ~cross], radius)  # same modality, offset 0
+  # the first video time patch sits at 0.5 (frames 0-1 of segment 0); the audio tokens at 0.375 and
+  # 0.625 are one unit before / after it, across modalities
+  v0, a1, a2 = 0, lay["video"].num_tokens + 1, lay["video"].num_tokens + 2
+  np.testing.assert_allclose((times[v0], times[a1], times[a2]), (0.5, 0.375, 0.625))
+  assert (b[v0, a1], b[v0, a2]) == (width + radius + 1, width + radius - 1)
+  # pairs more than a segment apart share the end buckets
+  far = np.abs(times[:, None] - times[None, :]) > 1.0 + 1e-9
+  assert set(np.unique(b[far & ~cross])) <= {0, 2 * radius}
+
+
+def test_time_bias_is_a_learned_zero_initialised_logit_bias():
+  model, lay = _setup(time_bias=True, time_bias_prior=0.0)
+  tokens, t = _inputs(lay)
+  variables = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), tokens, t))
+  table = variables["params"]["block_0"]["attn"]["time_bias"]
+  # the default layout: audio 4 patches per segment -> unit 1/8 segment, radius 8
+  assert table.shape == (2, 2 * (2 * 8 + 1)) and not np.any(table)
+  # with a zero table the model is the plain one with the same weights
+  plain, _ = _setup(time_bias=False)
+  rnd = _randomize(variables)
+  without = jax.tree.map(lambda x: x, rnd)
+  for blk in [k for k in without["params"] if k.startswith("block_")]:
+    without["params"][blk]["attn"] = {k: v for k, v in without["params"][blk]["attn"].items() if k != "time_bias"}
+  zeroed = jax.tree.map(lambda x: x, rnd)
+  for blk in [k for k in zeroed["params"] if k.startswith("block_")]:
+    zeroed["params"][blk]["attn"]["time_bias"] = jnp.zeros_like(zeroed["params"][blk]["attn"]["time_bias"])
+  np.testing.assert_allclose(jax.jit(model.apply)(zeroed, tokens, t)["video"],
+                             jax.jit(plain.apply)(without, tokens, t)["video"], atol=1e-5)
+  # a non-zero table changes the output, and the table gets a gradient
+  assert not np.allclose(jax.jit(model.apply)(rnd, tokens, t)["video"], jax.jit(plain.apply)(without, tokens, t)["video"])
+  grad = jax.grad(lambda v: jnp.sum(model.apply(v, tokens, t)["audio"] ** 2))(rnd)
+  assert np.abs(grad["params"]["block_0"]["attn"]["time_bias"]).sum() > 0
+
+
+def test_time_bias_refuses_the_splash_kernel():
+  with pytest.raises(ValueError, match="time_bias"):
+    layers.dot_attention(*(jnp.zeros((1, 2, 4, 8)),) * 3, "splash", bias=jnp.zeros((2, 4, 4)))
+
+
+def test_time_bias_prior_starts_cross_modal_attention_at_the_same_moment():
+  model, lay = _setup(time_bias=True, time_bias_prior=4.0)
+  tokens, t = _inputs(lay)
+  table = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), tokens, t))["params"]["block_0"]["attn"]["time_bias"]
+  bias = np.asarray(table)[0][avdit.time_bias_buckets(lay)]  # [L, L] of head 0
+  times, mod = lay.token_times, lay.modality_of_token
+  cross = mod[:, None] != mod[None, :]
+  gap = np.abs(times[:, None] - times[None, :])
+  np.testing.assert_array_equal(bias[~cross], 0.0)  # no prior within a modality
+  # across modalities the bias falls with the time gap, from near the peak for overlapping tokens
+  near, far = cross & (gap < 0.2), cross & (gap > 0.5)
+  assert bias[near].min() > 2.0 and bias[far].max() < 0.1

@@ -46,7 +46,8 @@ def test_sampling_is_deterministic_for_a_seed(trained, tmp_path):
 def test_guidance_flag_parsing(trained):
   config, workdir = trained
   gen = run.Generator(config, workdir)
-  assert gen.guidance_scales("") is None
+  assert gen.guidance_scales("") == (1.0, 1.0)  # config.sample.guidance of configs/default.py
+  assert gen.guidance_scales("0") is None  # no unconditional branch at all
   assert gen.guidance_scales("1.5") == (1.5, 1.5)
   assert gen.guidance_scales("audio=2") == (0.0, 2.0)
   with pytest.raises(ValueError, match="unknown modality 'sound'"):

@@ -90,5 +90,28 @@ def test_prediction_target_and_output_to_eps_are_inverse_per_cell(prediction):
 
 
 def test_unknown_prediction_names_the_field():
-  with pytest.raises(ValueError, match="config.model.prediction='x0'"):
-    S.check_prediction("x0")
+  with pytest.raises(ValueError, match="config.model.prediction='sample'"):
+    S.check_prediction("sample")
+
+
+def test_x0_prediction_of_a_clean_cell_implies_the_clean_input():
+  """At ᾱ = 1 the noise is undefined: x0 output -> eps 0, so eps_to_x0 gives the clean input back."""
+  sched = S.Schedule.from_betas(S.linear_betas(1000))
+  t = jnp.array([[[0, 500]]])  # [B=1, M=1, N=2]
+  cell_index = np.array([0, 0, 1])
+  z = jax.random.normal(jax.random.key(0), (1, 3, 2))
+  out = jax.random.normal(jax.random.key(1), (1, 3, 2))  # whatever the network says for the clean cell
+  eps = S.output_to_eps(sched, "x0", z, out, t, cell_index)
+  np.testing.assert_array_equal(eps[:, :2], 0.0)
+  ab = S.per_element(sched.alpha_bar_of(t), cell_index, 3)
+  np.testing.assert_allclose(S.eps_to_x0(z, eps, ab)[:, :2], z[:, :2])
+  np.testing.assert_allclose(S.eps_to_x0(z, eps, ab)[:, 2:], out[:, 2:], atol=1e-5)
+
+
+def test_x0_loss_weight_is_the_v_weight_capped():
+  sched = S.Schedule.from_betas(S.linear_betas(1000))
+  t = jnp.array([1, 200, 500, 1000])
+  ab = np.asarray(sched.alpha_bar)[np.asarray(t)]
+  w = np.asarray(S.x0_loss_weight(sched, t, 5.0))
+  np.testing.assert_allclose(w, np.minimum(1 / (1 - ab), 5.0), rtol=1e-5)
+  assert w[0] == 5.0 and 1.0 < w[-1] < 1.001  # capped near clean, x0 error itself at pure noise

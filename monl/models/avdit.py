@@ -42,6 +42,8 @@ class AVDiTConfig:
   attention: str = "xla"
   freq_embed_dim: int = 256
   aligned_time: bool = False
+  time_bias: bool = False
+  time_bias_prior: float = 0.0
 
   @classmethod
   def from_config(cls, model_cfg) -> "AVDiTConfig":
@@ -59,7 +61,28 @@ class AVDiTConfig:
                dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype,
                remat_policy=model_cfg.remat_policy, scan_layers=model_cfg.scan_layers,
                attention=model_cfg.attention, freq_embed_dim=model_cfg.freq_embed_dim,
-               aligned_time=model_cfg.get("aligned_time", False))
+               aligned_time=model_cfg.get("aligned_time", False),
+               time_bias=model_cfg.get("time_bias", False),
+               time_bias_prior=float(model_cfg.get("time_bias_prior", 0.0)))
+
+
+@functools.lru_cache(maxsize=None)
+def time_bias_buckets(lay: layout_lib.Layout) -> np.ndarray:
+  """[L, L] relative-time buckets of `lay` (`layers.time_offset_buckets`): offsets in units of half the
+  finest temporal patch spacing of any modality, up to one segment either way (farther pairs share the
+  end buckets)."""
+  finest = min(1.0 / max(np.bincount(m.segment_of_frame[:: m.patch[0]])) for m in lay.modalities)
+  unit = finest / 2
+  return layers.time_offset_buckets(lay.token_times, lay.modality_of_token, unit, int(round(1 / unit)))
+
+
+def time_bias_prior(lay: layout_lib.Layout, peak: float) -> np.ndarray:
+  """[num buckets] initial bias: `peak * exp(-offset² / 2)` (offset in bucket units) across modalities,
+  0 within a modality. It starts every head attending to the other modality's tokens of the same
+  moment, which a zero-initialised model does not find by itself (docs/diagnosis.md)."""
+  radius = int(time_bias_buckets(lay).max() + 1) // 4
+  offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+  return np.concatenate([np.zeros(2 * radius + 1), peak * np.exp(-0.5 * offsets**2)]).astype(np.float32)
 
 
 class Block(nn.Module):
@@ -78,7 +101,12 @@ class Block(nn.Module):
     shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod, 6, axis=-1)  # each [B, C, D]
 
     h = layers.modulate(layers.layer_norm(x), shift1, scale1, cell_of_token)
-    h = layers.Attention(cfg.num_heads, cfg.attention, dtype, pdtype, name="attn")(h)
+    buckets = prior = None
+    if cfg.time_bias:
+      buckets = time_bias_buckets(self.layout)
+      prior = time_bias_prior(self.layout, cfg.time_bias_prior) if cfg.time_bias_prior else None
+    h = layers.Attention(cfg.num_heads, cfg.attention, dtype, pdtype, bias_buckets=buckets, bias_prior=prior,
+                         name="attn")(h)
     x = x + layers.to_tokens(gate1, cell_of_token) * h
     x = nn.with_logical_constraint(x, layers.BLE)
 

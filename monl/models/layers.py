@@ -106,6 +106,21 @@ def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
   return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
 
 
+def time_offset_buckets(times: np.ndarray, modality: np.ndarray, unit: float, radius: int) -> np.ndarray:
+  """Static [L, L] bucket of every (query, key) token pair for a learned relative-time attention bias.
+
+  The bucket is the pair's time offset (query time − key time, in `unit`s, rounded and clipped to
+  ±radius) and whether the two tokens are of the same modality: `kind * (2 * radius + 1) + offset +
+  radius` with kind 0 = same modality, 1 = across modalities; 2 * (2 * radius + 1) buckets in all.
+  `times` [L] are in segment units shared by all modalities (`Layout.token_times`), so a video token
+  and the audio tokens of the same moment share offset 0 whatever their frame rates.
+  """
+  offset = np.rint((times[:, None] - times[None, :]) / unit).astype(np.int64)
+  offset = np.clip(offset, -radius, radius) + radius
+  kind = (modality[:, None] != modality[None, :]).astype(np.int64)
+  return (kind * (2 * radius + 1) + offset).astype(np.int32)
+
+
 ATTENTION_IMPLEMENTATIONS = ("xla", "dot_product", "splash", "auto")
 SPLASH_LANES = 128  # splash blocks are multiples of the TPU's 128 lanes: L is padded up to one
 
@@ -175,8 +190,11 @@ def _shard_mapped(fn, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
   return jax.shard_map(fn, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
 
 
-def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str) -> jax.Array:
+def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str,
+                  bias: jax.Array | None = None) -> jax.Array:
   """Full self-attention on heads-major arrays q, k, v: [B, H, L, K] -> [B, H, L, K].
+
+  `bias` [H, L, L] is added to the logits (xla and dot_product only: the splash kernel takes none).
 
   "xla": explicit einsum -> float32 softmax -> einsum (fastest on XLA:CPU, see stack.md);
   "dot_product": jax.nn.dot_product_attention (cuDNN/TPU paths where the backend has them);
@@ -185,15 +203,21 @@ def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str)
   "auto": "splash" when compiling for TPU, else "xla".
   """
   if implementation == "auto":
-    implementation = "splash" if attention_platform() == "tpu" else "xla"
+    implementation = "splash" if attention_platform() == "tpu" and bias is None else "xla"
   if implementation == "xla":
     scale = 1.0 / math.sqrt(q.shape[-1])
-    logits = jnp.einsum("bhqk,bhsk->bhqs", q * jnp.asarray(scale, q.dtype), k)
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    logits = jnp.einsum("bhqk,bhsk->bhqs", q * jnp.asarray(scale, q.dtype), k).astype(jnp.float32)
+    if bias is not None:
+      logits = logits + bias.astype(jnp.float32)[None]
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.einsum("bhqs,bhsk->bhqk", probs, v)
   if implementation == "dot_product":
-    out = jax.nn.dot_product_attention(q.swapaxes(1, 2), k.swapaxes(1, 2), v.swapaxes(1, 2))
+    out = jax.nn.dot_product_attention(q.swapaxes(1, 2), k.swapaxes(1, 2), v.swapaxes(1, 2),
+                                       bias=None if bias is None else bias[None].astype(q.dtype))
     return out.swapaxes(1, 2)
+  if bias is not None:
+    raise ValueError("config.model.time_bias needs config.model.attention 'xla', 'dot_product' or 'auto' "
+                     f"(the splash kernel takes no logit bias), got {implementation!r}")
   if implementation == "splash":
     interpret = attention_platform() != "tpu"
     if interpret:  # traced once per compiled program, so this warns once per program, not per step
@@ -204,11 +228,18 @@ def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str)
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention with a fused, logically-partitioned QKV projection."""
+  """Multi-head self-attention with logically-partitioned q/k/v projections.
+
+  With `bias_buckets` ([L, L] static ints, `time_offset_buckets`), every head learns one logit bias
+  per bucket, initialised to `bias_prior` (or zeros): a relative-time prior shared by all positions,
+  within and across modalities.
+  """
   num_heads: int
   implementation: str
   dtype: jnp.dtype
   param_dtype: jnp.dtype
+  bias_buckets: np.ndarray | None = None
+  bias_prior: np.ndarray | None = None  # [num buckets] initial bias of every head (None: zeros)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -227,7 +258,15 @@ class Attention(nn.Module):
     # weight gradients without first being stacked and transposed as one [3, B, H, L, K] array.
     q, k, v = (nn.with_logical_constraint(
         jnp.einsum("bld,dhk->bhlk", x, w_qkv[i].astype(self.dtype)), BHLK) for i in range(3))
-    out = dot_attention(q, k, v, self.implementation)
+    bias = None
+    if self.bias_buckets is not None:
+      prior = self.bias_prior
+      init = nn.initializers.zeros if prior is None else (
+          lambda key, shape, dtype: jnp.broadcast_to(jnp.asarray(prior, dtype), shape))
+      table = self.param("time_bias", nn.with_logical_partitioning(init, ("heads", "buckets")),
+                         (self.num_heads, int(self.bias_buckets.max()) + 1), self.param_dtype)
+      bias = table[:, self.bias_buckets]  # [H, L, L]: a gather with a static index
+    out = dot_attention(q, k, v, self.implementation, bias)
     out = nn.with_logical_constraint(out, BHLK)
     y = jnp.einsum("bhlk,hkd->bld", out, w_out.astype(self.dtype)) + b_out.astype(self.dtype)
     return nn.with_logical_constraint(y, BLE)

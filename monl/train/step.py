@@ -42,7 +42,9 @@ class Objective:
   clean_prob: float
   self_cond_rate: float
   num_level_buckets: int
-  prediction: str = "eps"  # what the network outputs: eps | v (schedule.PREDICTIONS)
+  prediction: str = "eps"  # what the network outputs: eps | v | x0 (schedule.PREDICTIONS)
+  x0_loss_cap: float = 5.0  # x0 prediction: per-cell loss weight min(1 + SNR, cap)
+  condition_given: tuple[tuple[bool, ...], ...] | None = None  # [M][N] task-specific training mask
 
   @classmethod
   def from_config(cls, config, model: avdit.AVDiT) -> "Objective":
@@ -51,7 +53,10 @@ class Objective:
                clean_prob=float(config.mixture.clean_prob),
                self_cond_rate=float(config.model.self_cond_rate),
                num_level_buckets=int(config.train.num_level_buckets),
-               prediction=schedule_lib.check_prediction(config.model.prediction))
+               prediction=schedule_lib.check_prediction(config.model.prediction),
+               x0_loss_cap=float(config.model.get("x0_loss_cap", 5.0)),
+               condition_given=mixture.condition_mask(config.mixture.get("condition_mask", ""), model.layout.names,
+                                                      model.layout.num_segments, k=config.sample.continue_segments))
 
   def eps(self, params, z_t, t, self_cond=None):
     """{m: [B, L_m, P_m]} the model's noise estimate, whatever its output parameterisation."""
@@ -81,7 +86,7 @@ def predict_x0(obj: Objective, z_t, t, eps_hat):
 
 
 def per_cell_squared_error(obj: Objective, pred, target) -> jax.Array:
-  """[B, M * N] sum of squared prediction errors (eps or v) over each cell's elements."""
+  """[B, M * N] sum of squared prediction errors (eps, v or x0) over each cell's elements."""
   total = 0.0
   for name, cells in obj.layout.cell_of_token_by_modality().items():
     sq = jnp.sum(jnp.square(pred[name] - target[name].astype(jnp.float32)), axis=-1)  # [B, L_m]
@@ -104,9 +109,12 @@ def loss_and_metrics(params, obj: Objective, batch, key: jax.Array):
   tokens = lay.patchify({m: batch[m] for m in lay.names})
   b = next(iter(tokens.values())).shape[0]
   k_t, k_eps, k_sc, k_flip = jax.random.split(key, 4)
-  t, strategy = mixture.sample_levels(k_t, b, lay.num_modalities, lay.num_segments,
-                                      num_steps=obj.schedule.num_steps, weights=obj.mixture_weights,
-                                      clean_prob=obj.clean_prob)
+  if obj.condition_given is not None:  # task-specific baseline: given cells clean, the rest one level
+    t, strategy = mixture.conditional_levels(k_t, b, obj.condition_given, obj.schedule.num_steps)
+  else:
+    t, strategy = mixture.sample_levels(k_t, b, lay.num_modalities, lay.num_segments,
+                                        num_steps=obj.schedule.num_steps, weights=obj.mixture_weights,
+                                        clean_prob=obj.clean_prob)
   eps_keys = jax.random.split(k_eps, lay.num_modalities)
   eps = {m: jax.random.normal(k, tokens[m].shape, jnp.float32) for k, m in zip(eps_keys, lay.names)}
   cells = lay.cell_of_token_by_modality()
@@ -126,6 +134,8 @@ def loss_and_metrics(params, obj: Objective, batch, key: jax.Array):
   target = {m: schedule_lib.prediction_target(obj.schedule, obj.prediction, tokens[m], eps[m], t, cells[m])
             for m in lay.names}
   cell_sq = per_cell_squared_error(obj, pred, target)  # [B, C]
+  if obj.prediction == "x0":
+    cell_sq = cell_sq * schedule_lib.x0_loss_weight(obj.schedule, t, obj.x0_loss_cap).reshape(b, -1)
   noisy = (t.reshape(b, -1) > 0).astype(jnp.float32)  # [B, C]; clean cells excluded
   count = jnp.asarray(lay.elements_per_cell)[None] * noisy
   loss = jnp.sum(cell_sq * noisy) / jnp.maximum(jnp.sum(count), 1.0)
