@@ -530,68 +530,16 @@ def ablation_markdown(table: dict[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def error_bar_chart(path, groups: list[str], series: list[str], values: np.ndarray, errors: np.ndarray,
-                    title: str, ylabel: str, reference: float | None = None) -> None:
-  """Grouped bars with ± error bars (Pillow): values, errors [len(groups), len(series)] (NaN = none)."""
-  from PIL import Image, ImageDraw, ImageFont
-
-  from monl.eval.evaluate import PALETTE
-  font = ImageFont.load_default()
-  g, s = len(groups), len(series)
-  bar_w, gap, left, top, plot_h = 14, 24, 60, 40, 300
-  bottom = int(0.87 * (8 * max((len(x) for x in groups), default=4) + 4)) + 30  # rotated labels
-  legend_w = 10 + max((8 * len(x) for x in series), default=0) + 30
-  width = left + g * (s * bar_w + gap) + legend_w
-  img = Image.new("RGB", (max(width, 400, 6 * len(title) + left), top + plot_h + bottom), "white")
-  d = ImageDraw.Draw(img)
-  tops = values + np.where(np.isfinite(errors), errors, 0.0)
-  finite = tops[np.isfinite(tops)]
-  vmax = float(max(finite.max() if finite.size else 1.0, reference or 0.0, 1e-12)) * 1.1
-  y_of = lambda v: top + plot_h - plot_h * max(v, 0.0) / vmax
-  d.text((left, 10), title, fill="black", font=font)
-  d.line([(left, top), (left, top + plot_h), (width - legend_w, top + plot_h)], fill="black")
-  for i in range(5):
-    v = vmax * i / 4
-    d.line([(left - 4, y_of(v)), (left, y_of(v))], fill="black")
-    d.text((2, y_of(v) - 6), f"{v:.3g}", fill="black", font=font)
-  d.text((2, top - 14), ylabel, fill="black", font=font)
-  if reference is not None:
-    d.line([(left, y_of(reference)), (width - legend_w, y_of(reference))], fill=(120, 120, 120))
-  for gi, name in enumerate(groups):
-    x0 = left + gap // 2 + gi * (s * bar_w + gap)
-    for si in range(s):
-      v, e = values[gi, si], errors[gi, si]
-      if not np.isfinite(v):
-        continue
-      x = x0 + si * bar_w
-      d.rectangle([x, y_of(v), x + bar_w - 2, top + plot_h], fill=PALETTE[si % len(PALETTE)])
-      if np.isfinite(e) and e > 0:
-        xc = x + (bar_w - 2) / 2
-        lo, hi = y_of(v - e), y_of(v + e)
-        d.line([(xc, lo), (xc, hi)], fill="black")
-        d.line([(xc - 3, hi), (xc + 3, hi)], fill="black")
-        d.line([(xc - 3, lo), (xc + 3, lo)], fill="black")
-    lbl = Image.new("RGBA", (8 * len(name) + 4, 12), (255, 255, 255, 0))
-    ImageDraw.Draw(lbl).text((0, 0), name, fill="black", font=font)
-    lbl = lbl.rotate(60, expand=True)
-    img.paste(lbl, (x0, top + plot_h + 4), lbl)
-  lx = width - legend_w + 10
-  for si, name in enumerate(series):
-    y = top + si * 16
-    d.rectangle([lx, y, lx + 10, y + 10], fill=PALETTE[si % len(PALETTE)])
-    d.text((lx + 14, y), name, fill="black", font=font)
-  img.save(str(path))
-
-
 def ablation_chart(table: dict[str, Any], path) -> None:
   """Per task: bars = each row's mean normalised score, error bars = its standard error."""
   tasks, rows = table["tasks"], table["rows"]
   grid = lambda key: np.array([[np.nan if table[key][r][t] is None else table[key][r][t] for r in rows]
                                for t in tasks], dtype=np.float64).reshape(len(tasks), len(rows))
   k = table["settings"].get("seeds", 1)
-  error_bar_chart(path, tasks, [table["labels"][r] for r in rows], grid("normalised"), grid("normalised_stderr"),
-                  f"mixture-strategy ablation, {k} seed(s): primary score / task mean over the paper's rows, "
-                  "± SE (lower is better)", "rel.", reference=1.0)
+  from monl.eval.evaluate import bar_chart
+  bar_chart(path, tasks, [table["labels"][r] for r in rows], grid("normalised"),
+            f"mixture-strategy ablation, {k} seed(s): primary score / task mean over the paper's rows, "
+            "± SE (lower is better)", "rel.", reference=1.0, errors=grid("normalised_stderr"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

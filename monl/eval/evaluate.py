@@ -536,40 +536,46 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 
 
 def bar_chart(path, groups: list[str], series: list[str], values: np.ndarray, title: str,
-              ylabel: str, reference: float | None = None) -> None:
-  """Grouped bar chart with Pillow: values [len(groups), len(series)] (NaN = missing bar)."""
+              ylabel: str, reference: float | None = None, errors: np.ndarray | None = None) -> None:
+  """Grouped bar chart with Pillow: values [len(groups), len(series)] (NaN = missing bar), with ±
+  `errors` bars of the same shape when given (NaN = none)."""
   from PIL import Image, ImageDraw, ImageFont
+  errors = np.full(values.shape, np.nan) if errors is None else np.asarray(errors, np.float64)
   font = ImageFont.load_default()
   g, s = len(groups), len(series)
   bar_w, gap, left, top, plot_h = 14, 24, 60, 40, 300
   bottom = int(0.87 * (8 * max((len(x) for x in groups), default=4) + 4)) + 30  # rotated labels
   legend_w = 10 + max((8 * len(x) for x in series), default=0) + 30
   width = left + g * (s * bar_w + gap) + legend_w
-  img = Image.new("RGB", (max(width, 400), top + plot_h + bottom), "white")
+  img = Image.new("RGB", (max(width, 400, 6 * len(title) + left), top + plot_h + bottom), "white")
   d = ImageDraw.Draw(img)
-  finite = values[np.isfinite(values)]
+  tops = values + np.where(np.isfinite(errors), errors, 0.0)
+  finite = tops[np.isfinite(tops)]
   vmax = float(max(finite.max() if finite.size else 1.0, reference or 0.0, 1e-12)) * 1.1
+  y_of = lambda v: top + plot_h - plot_h * max(v, 0.0) / vmax
   d.text((left, 10), title, fill="black", font=font)
   d.line([(left, top), (left, top + plot_h), (width - legend_w, top + plot_h)], fill="black")
   for i in range(5):
     v = vmax * i / 4
-    y = top + plot_h - plot_h * i / 4
-    d.line([(left - 4, y), (left, y)], fill="black")
-    d.text((2, y - 6), f"{v:.3g}", fill="black", font=font)
+    d.line([(left - 4, y_of(v)), (left, y_of(v))], fill="black")
+    d.text((2, y_of(v) - 6), f"{v:.3g}", fill="black", font=font)
   d.text((2, top - 14), ylabel, fill="black", font=font)
   if reference is not None:
-    y = top + plot_h - plot_h * reference / vmax
-    d.line([(left, y), (width - legend_w, y)], fill=(120, 120, 120))
+    d.line([(left, y_of(reference)), (width - legend_w, y_of(reference))], fill=(120, 120, 120))
   for gi, name in enumerate(groups):
     x0 = left + gap // 2 + gi * (s * bar_w + gap)
     for si in range(s):
-      v = values[gi, si]
+      v, e = values[gi, si], errors[gi, si]
       if not np.isfinite(v):
         continue
-      h = plot_h * max(v, 0.0) / vmax
       x = x0 + si * bar_w
-      d.rectangle([x, top + plot_h - h, x + bar_w - 2, top + plot_h], fill=PALETTE[si % len(PALETTE)])
-    # rotated group label
+      d.rectangle([x, y_of(v), x + bar_w - 2, top + plot_h], fill=PALETTE[si % len(PALETTE)])
+      if np.isfinite(e) and e > 0:
+        xc = x + (bar_w - 2) / 2
+        lo, hi = y_of(v - e), y_of(v + e)
+        d.line([(xc, lo), (xc, hi)], fill="black")
+        d.line([(xc - 3, hi), (xc + 3, hi)], fill="black")
+        d.line([(xc - 3, lo), (xc + 3, lo)], fill="black")
     lbl = Image.new("RGBA", (8 * len(name) + 4, 12), (255, 255, 255, 0))
     ImageDraw.Draw(lbl).text((0, 0), name, fill="black", font=font)
     lbl = lbl.rotate(60, expand=True)
