@@ -168,3 +168,35 @@ def test_long_clip_needs_equal_segments():
   uneven = L.Layout((L.ModalityLayout("audio", (5, 1), (1,), (1, 2, 2)),))
   with pytest.raises(ValueError, match="modality 'audio' has segments \\(1, 2, 2\\)"):
     long.check_uniform(uneven)
+
+
+@pytest.mark.parametrize("task", [t for t in tasks.task_names(LAY.names) if t != "joint"])
+def test_self_conditioning_of_the_unconditional_branch_never_sees_the_condition(task):
+  """With guidance and self-conditioning, each branch carries its own previous x0 estimate: the cells
+  the unconditional branch drops are noise at T in its tokens AND in its self-conditioning input."""
+  given = tasks.task_mask(task, LAY.names, LAY.num_segments, k=1)
+  b = 3
+  x0 = {"video": jnp.full((b, 3, 2), 7.0), "audio": jnp.full((b, 3, 1), 7.0)}  # the condition: 7.0
+  seen = []
+  record = lambda t, sc: seen.append((np.asarray(t), {m: np.asarray(v) for m, v in sc.items()}))
+
+  def model(tokens, t, self_cond):
+    jax.debug.callback(record, t, self_cond)
+    return oracle(tokens, t)
+
+  cfg = SM.SamplerConfig(sampler="ddim", guidance=(2.0, 2.0), self_condition=True)
+  levels = SM.level_schedule(1000, 5, 2, 3)
+  SM.sample(model, LAY, SCHED, levels, x0, jnp.asarray(given), jax.random.key(0), cfg)
+  jax.effects_barrier()
+  assert len(seen) == 5
+  cells = LAY.cell_of_token_by_modality()
+  for step, (t, sc) in enumerate(seen):
+    assert t.shape[0] == 2 * b and sc["video"].shape[0] == 2 * b
+    for mi, m in enumerate(LAY.names):
+      dropped = np.asarray(given)[mi][cells[m] - mi * LAY.num_segments]  # [L_m] given (= dropped) tokens
+      if not dropped.any():
+        continue
+      uncond = sc[m][b:][:, dropped]
+      assert not np.any(np.isclose(uncond, 7.0, atol=0.5)), (task, step, m, uncond)
+      if step > 0:  # the conditional branch does see its clean given cells
+        np.testing.assert_allclose(sc[m][:b][:, dropped], 7.0, atol=1e-4)

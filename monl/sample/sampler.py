@@ -129,18 +129,21 @@ def sample(denoise_fn: DenoiseFn, layout: layout_lib.Layout, schedule: schedule_
       x_u = {m: jnp.where(drop_tok[m], jax.random.normal(k, x[m].shape), x_in[m]) for k, m in zip(u_keys, names)}
       t_u = jnp.where(drop, schedule.num_steps, t_in)
       both = {m: jnp.concatenate([x_in[m], x_u[m]]) for m in names}
-      sc_both = None if sc is None else {m: jnp.concatenate([sc[m], sc[m]]) for m in names}
-      eps_both = denoise_fn(both, jnp.concatenate([t_in, t_u]), sc_both)
+      t_both = jnp.concatenate([t_in, t_u])
+      # Each branch carries its own self-conditioning state ([2B, ...]): the unconditional branch's
+      # x0 estimate is its own, so the cells it drops never see the condition in any channel.
+      eps_both = denoise_fn(both, t_both, sc)
       eps = {}
       for j, m in enumerate(names):
         s = cfg.guidance[j]
         eps[m] = (1 + s) * eps_both[m][:b] - s * eps_both[m][b:]
-      eps_cond = {m: eps_both[m][:b] for m in names}
+      x_sc, t_sc, eps_sc = both, t_both, eps_both
     else:
-      eps = eps_cond = denoise_fn(x_in, t_in, sc)
-    ab_in = per_token_ab(t_in)
+      eps = denoise_fn(x_in, t_in, sc)
+      x_sc, t_sc, eps_sc = x_in, t_in, eps
+    ab_sc = per_token_ab(t_sc)
     new_sc = None if sc is None else {
-        m: schedule_lib.eps_to_x0(x_in[m], eps_cond[m], ab_in[m]) for m in names}
+        m: schedule_lib.eps_to_x0(x_sc[m], eps_sc[m], ab_sc[m]) for m in names}
     ab_t, ab_s = per_token_ab(t_cur_b), per_token_ab(jnp.broadcast_to(t_next, (b, m_, n_)))
     n_keys = jax.random.split(k_noise, len(names))
     new_x = {}
@@ -158,7 +161,9 @@ def sample(denoise_fn: DenoiseFn, layout: layout_lib.Layout, schedule: schedule_
   key, k_init = jax.random.split(key)
   init_keys = jax.random.split(k_init, len(names))
   x = {m: jax.random.normal(k, x0_given[m].shape, jnp.float32) for k, m in zip(init_keys, names)}
-  sc = jax.tree.map(jnp.zeros_like, x) if cfg.self_condition else None
+  # self-conditioning state: the previous x0 estimate of every branch (cond, then uncond if guided)
+  sc = {m: jnp.zeros((2 * b if guided else b,) + v.shape[1:], v.dtype) for m, v in x.items()} \
+      if cfg.self_condition else None
   steps = len(levels) - 1
   xs = (jnp.asarray(levels[:-1]), jnp.asarray(levels[1:]), jnp.arange(steps))
   (x, _), _ = jax.lax.scan(step, (x, sc), xs)
