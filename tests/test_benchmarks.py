@@ -10,7 +10,7 @@ import sys
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ["train_step", "sampling", "compile_memory", "train_vs_torch", "torch_twin"]
+SCRIPTS = ["train_step", "sampling", "compile_memory", "train_vs_torch", "torch_twin", "reference_dit"]
 
 
 def test_scripts_import_and_parse():
