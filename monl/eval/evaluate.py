@@ -368,7 +368,6 @@ def evaluate(config, workdir: str, *, tasks: str | Sequence[str] = "all", num: i
   real_norm = gen.normalize(real)
   truth = ground_truth_for(gen.spec, names)  # None unless a built-in generator made the dataset
   builtin = truth is not None
-  has_av = {"video", "audio"} <= set(names)
   log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
 
   # Reference floor: the ground-truth scores of the real clips (scored as if every cell were generated).
