@@ -8,9 +8,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ["train_step", "sampling", "compile_memory", "train_vs_torch", "torch_twin", "reference_dit"]
+SCRIPTS = ["train_step", "sampling", "compile_memory", "train_vs_torch", "torch_twin", "reference_dit",
+           "solver_steps"]
 
 
 def test_scripts_import_and_parse():
@@ -24,3 +28,50 @@ def test_scripts_import_and_parse():
                      env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert p.returncode == 0, p.stderr[-3000:]
   assert p.stdout.count("usage:") == len(names)
+
+
+def _solver_steps():
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  try:
+    import solver_steps
+  finally:
+    sys.path.pop(0)
+  return solver_steps
+
+
+def test_solver_steps_flags():
+  ss = _solver_steps()
+  args = ss.parse_args(["--workdir", "RUN", "--steps", "25,10", "--solver", "dpmpp_3m"])
+  assert (args.workdir, args.steps, args.solver, args.ddim_steps, args.tasks) == ("RUN", [25, 10], "dpmpp_3m", 250, "paper")
+  for bad in (["--solver", "dpm2"], ["--solver", "ddim"], ["--steps", "ten"], ["--steps", "0"], ["--num", "1"]):
+    with pytest.raises((SystemExit, ValueError)):
+      ss.parse_args(["--workdir", "RUN", *bad])
+
+
+def test_solver_steps_summary_finds_the_fewest_matching_steps():
+  """Per-clip paired comparison: 10 steps clearly worse on every clip, 25 equal to DDIM, 50 better."""
+  ss = _solver_steps()
+  rng = np.random.default_rng(0)
+  base = rng.uniform(0.1, 0.2, 40)
+
+  def res(per_clip, fd):
+    return {"tasks": {
+        "a2v": {"primary": "av_agreement", "metrics": {
+            "av_agreement": {"value": float(np.mean(per_clip)), "per_clip": list(per_clip)}}},
+        "other": {"primary": "latent_fd_mean", "metrics": {"latent_fd_mean": {"value": fd}}}}}
+
+  ref = res(base, 1.0)
+  variants = [("dpmpp_2m", 10, res(base + 0.05, 1.2)), ("dpmpp_2m", 25, res(base + 1e-3 * (-1.0) ** np.arange(40), 1.03)),
+              ("dpmpp_2m", 50, res(base - 0.01, 0.9))]
+  rows = {r["task"]: r for r in ss.summarize(ref, variants)}
+  a2v = rows["a2v"]
+  assert not a2v["dpmpp_2m@10_match"] and a2v["dpmpp_2m@10_p"] < 0.05
+  assert a2v["dpmpp_2m@25_match"] and a2v["dpmpp_2m@50_match"] and a2v["matches_at"] == 25
+  other = rows["other"]  # no per-clip scores: within 5% of DDIM
+  assert not other["dpmpp_2m@10_match"] and other["dpmpp_2m@25_match"] and other["matches_at"] == 25
+  table = ss.score_table(list(rows.values()), 250, ["dpmpp_2m@10", "dpmpp_2m@25", "dpmpp_2m@50"])
+  assert table[0]["dpmpp_2m@10"].endswith("*") and not table[0]["dpmpp_2m@25"].endswith("*")
+  # a higher-is-better metric: a lower score is the worse one
+  hib = {"value": 0.5, "per_clip": [0.5] * 20, "higher_is_better": True}
+  assert not ss.compare(hib, {"value": 0.3, "per_clip": [0.3] * 20})["matches"]
+  assert ss.compare(hib, {"value": 0.6, "per_clip": [0.6] * 20})["matches"]

@@ -5,6 +5,19 @@ after the last (levels[S] = 0); different cells may sit at different levels (e.g
 time). At step i the generated cells move from levels[i] to levels[i + 1] with the DDIM (η) or DDPM
 update of `monl.schedule`; a cell whose level does not change is left untouched.
 
+Solvers (`SamplerConfig.solver`):
+  ddim              the one-step update of `sampler` above (the paper: 250 DDIM steps).
+  dpmpp_2m / _3m    DPM-Solver++(2M) / (3M) (Lu et al. 2022): the probability-flow ODE in its data-prediction
+                    form, x_s/σ_s = x_t/σ_t + ∫ e^λ x̂0(λ) dλ (λ = log(α/σ)), integrated exactly
+                    for an x̂0 that is a polynomial in λ through the current and the previous one or two
+                    steps' x̂0. λ, the step h = λ_s - λ_t and the ratios of consecutive steps are *per
+                    cell*, and so is the order: a cell uses the history only of steps in which it moved
+                    (a cell waiting at its level in a pyramid, or a given cell, contributes none), so its
+                    first move, and its first move after a pause, is first order (= DDIM, η = 0); its
+                    last move (to level 0, λ = ∞) is first order, and with 3M its second-to-last is at
+                    most second order ("lower order final"). All coefficients depend on the levels only
+                    and are computed once in float64 (`multistep_coefficients`).
+
 Conditioning modes:
   monl         given cells are fed clean at level 0 on every step and never updated (the paper).
   replacement  given cells are re-noised to the generated cells' current level every step (the
@@ -30,19 +43,35 @@ from monl import schedule as schedule_lib
 DenoiseFn = Callable[[Mapping[str, jax.Array], jax.Array, Mapping[str, jax.Array] | None], dict]
 
 
+# solver -> order of the multistep ODE solver (ddim: the one-step update of `SamplerConfig.sampler`)
+SOLVERS = {"ddim": 1, "dpmpp_2m": 2, "dpmpp_3m": 3}
+
+
+def check_solver(solver: str, where: str = "solver (config.sample.solver / --solver)") -> str:
+  if solver not in SOLVERS:
+    raise ValueError(f"{where}={solver!r}: expected one of {tuple(SOLVERS)}")
+  return solver
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
-  sampler: str = "ddim"  # ddim | ddpm
+  sampler: str = "ddim"  # ddim | ddpm (the update of solver="ddim")
   eta: float = 0.0  # DDIM stochasticity (1.0 = DDPM-like variance)
   mode: str = "monl"  # monl | replacement
   guidance: tuple[float, ...] | None = None  # one scale per modality; None = no unconditional branch
   self_condition: bool = False
+  solver: str = "ddim"  # ddim | dpmpp_2m | dpmpp_3m (deterministic multistep ODE solvers)
 
   def __post_init__(self):
     if self.sampler not in ("ddim", "ddpm"):
       raise ValueError(f"sampler {self.sampler!r}: expected 'ddim' or 'ddpm'")
     if self.mode not in ("monl", "replacement"):
       raise ValueError(f"conditioning mode {self.mode!r}: expected 'monl' or 'replacement'")
+    check_solver(self.solver)
+    if self.solver != "ddim" and (self.sampler != "ddim" or self.eta != 0):
+      raise ValueError(f"solver {self.solver!r} integrates the deterministic probability-flow ODE: it needs "
+                       f"sampler='ddim' and eta=0, got sampler={self.sampler!r}, eta={self.eta} "
+                       "(config.sample.sampler / --sampler, config.sample.eta / --eta)")
 
 
 def uniform_levels(num_steps: int, steps: int) -> np.ndarray:
@@ -65,6 +94,80 @@ def level_schedule(num_steps: int, steps: int, num_modalities: int, num_segments
   i = np.arange(total + 1)[:, None] - pyramid_delay * np.arange(num_segments)[None, :]  # [S+1, N]
   per_segment = base[np.clip(i, 0, steps)]
   return np.broadcast_to(per_segment[:, None, :], (total + 1, num_modalities, num_segments)).astype(np.int32)
+
+
+def multistep_coefficients(alpha_bar: np.ndarray, levels: np.ndarray, order: int
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Per-step, per-cell coefficients of DPM-Solver++ of `order` (1, 2 = 2M, 3 = 3M) on a level schedule.
+
+  Step i moves a cell from level t = levels[i] to s = levels[i + 1] by
+    x_s = c_x x_t + c[0] x̂0_i + c[1] x̂0_{i-1} + ... + c[order - 1] x̂0_{i-order+1},
+  x̂0_j being the data prediction of step j. With α = sqrt(ᾱ), σ = sqrt(1 - ᾱ), λ = log(α/σ), h = λ_s - λ_t:
+    order 1 (= DDIM, η = 0): c_x = σ_s/σ_t, c[0] = α_s (1 - e^-h) = α_s - c_x α_t.
+    order 2 (2M, Lu et al. 2022, Alg. 2): r = h_{i-1}/h; c[0] = α_s (1 - e^-h)(1 + 1/(2r)), c[1] = -α_s (1 - e^-h)/(2r).
+    order 3 (3M): exact integral of the quadratic in λ through x̂0_i, x̂0_{i-1}, x̂0_{i-2}.
+  The order used per cell is min(order, 1 + the cell's consecutive moves just before step i, the cell's
+  moves left from step i): history only from steps in which the cell itself moved (h_{i-1} > 0), and a
+  first-order last move (to level 0, where h = ∞). A cell that does not move gets c_x = 1, c = 0.
+
+  Args:
+    alpha_bar: [T + 1] ᾱ of every level (`Schedule.alpha_bar`).
+    levels: [S + 1, M, N] non-increasing level schedule.
+  Returns:
+    (c_x [S, M, N], c [S, order, M, N]) float64, moving [S, M, N] bool.
+  """
+  levels = np.asarray(levels, np.int64)
+  if np.any(np.diff(levels, axis=0) > 0):
+    raise ValueError("multistep solvers need a level schedule that never raises a cell's level")
+  ab = np.asarray(alpha_bar, np.float64)[levels]  # [S + 1, M, N]
+  alpha, sigma = np.sqrt(ab), np.sqrt(np.maximum(1.0 - ab, 0.0))
+  with np.errstate(divide="ignore"):
+    lam = np.log(alpha) - np.log(sigma)  # +inf at level 0
+  moving = levels[:-1] > levels[1:]  # [S, M, N]
+  steps = len(moving)
+  run = np.zeros(moving.shape, np.int64)  # consecutive moves of the cell just before step i
+  for i in range(1, steps):
+    run[i] = np.where(moving[i - 1], run[i - 1] + 1, 0)
+  left = np.cumsum(moving[::-1], axis=0)[::-1]  # moves from step i on (incl. i)
+  k = np.where(moving, np.minimum(np.minimum(order, 1 + run), left), 0)
+
+  a_t, a_s, s_t, s_s = alpha[:-1], alpha[1:], sigma[:-1], sigma[1:]
+  safe_s_t = np.where(moving, s_t, 1.0)
+  ratio = np.where(moving, s_s / safe_s_t, 1.0)
+  big_a = np.where(moving, a_s - ratio * a_t, 0.0)  # α_s (1 - e^-h), finite also at s = 0
+  # Step sizes in λ (1.0 where unused): h of this step, h1 and h2 of the previous two. k >= 2 means the
+  # target is above level 0 (λ finite) and the cell moved in the step before (h1 > 0); k = 3 also in
+  # the one before that (h2 > 0). Elsewhere λ may be ∞ - ∞ (cells resting at level 0).
+  finite, use3 = k >= 2, k >= 3
+  h, h1, h2 = np.ones(k.shape), np.ones(k.shape), np.ones(k.shape)
+  with np.errstate(invalid="ignore"):
+    h = np.where(finite, lam[1:] - lam[:-1], 1.0)
+    h1[1:] = np.where(finite[1:], lam[1:-1] - lam[:-2], 1.0)
+    h2[2:] = np.where(use3[2:], lam[1:-2] - lam[:-3], 1.0)
+  c = np.zeros((steps, max(order, 1)) + levels.shape[1:], np.float64)
+  c[:, 0] = big_a
+  if order >= 2:
+    r = h1 / h
+    two = k == 2
+    c[:, 0] = np.where(two, big_a * (1 + 1 / (2 * r)), c[:, 0])
+    c[:, 1] = np.where(two, -big_a / (2 * r), 0.0)
+  if order >= 3:
+    # x̂0(u) = m0 + u D1 + u² D2 with u = (λ - λ_t)/h through m1 at u = -r0, m2 at u = -(r0 + r1); then
+    # σ_s ∫ e^λ x̂0 dλ = α_s ∫_0^1 h e^{-h(1-u)} (m0 + u D1 + u² D2) du = α_s ((1 - e^-h) m0 + i1 D1 + i2 D2).
+    r0, r1 = h1 / h, h2 / h
+    em1 = np.expm1(-h)  # e^-h - 1
+    p = -em1 / h  # (1 - e^-h)/h
+    i1 = 1.0 - p
+    i2 = 1.0 - 2.0 * p + 2.0 * (p - np.exp(-h)) / h
+    d1_0 = np.stack([1 / r0, -1 / r0, np.zeros_like(r0)])  # (m0 - m1)/r0 over (m0, m1, m2)
+    d1_1 = np.stack([np.zeros_like(r1), 1 / r1, -1 / r1])  # (m1 - m2)/r1
+    d2 = (d1_0 - d1_1) / (r0 + r1)
+    d1 = d1_0 + r0 * d2
+    three = a_s * (i1 * d1 + i2 * d2)  # [3, S, M, N]
+    three[0] += big_a
+    for j in range(3):
+      c[:, j] = np.where(use3, three[j], c[:, j])
+  return ratio, c, moving
 
 
 def _tokens_mask(layout: layout_lib.Layout, cell_values: jax.Array) -> dict[str, jax.Array]:
@@ -105,14 +208,38 @@ def sample(denoise_fn: DenoiseFn, layout: layout_lib.Layout, schedule: schedule_
   cells = layout.cell_of_token_by_modality()
   ab_table = jnp.asarray(schedule.alpha_bar)
   monl_mode = cfg.mode == "monl"
+  multistep = cfg.solver != "ddim"
+  order = SOLVERS[cfg.solver]
 
   def per_token_ab(t):
     ab = ab_table[t]
     return {m: schedule_lib.per_element(ab, cells[m], 3) for m in names}
 
+  def per_token(cell_values):  # [M, N] -> {m: [1, L_m, 1]}
+    return {m: schedule_lib.per_element(cell_values[None], cells[m], 3) for m in names}
+
+  def multistep_update(x, eps, hist, t_cur_b, coef):
+    """DPM-Solver++ step of the generated cells; returns (new x, new x0 history)."""
+    c_x, c, moving = coef
+    ab_t = per_token_ab(t_cur_b)
+    x0 = {m: schedule_lib.eps_to_x0(x[m], eps[m], ab_t[m]) for m in names}
+    c_x, moving = per_token(c_x), per_token(moving)
+    c = [per_token(c[j]) for j in range(order)]  # c: [order, M, N] at this step
+    new_x = {}
+    for m in names:
+      upd = c_x[m] * x[m] + c[0][m] * x0[m]
+      for j in range(1, order):  # x̂0 of step i - j; zero coefficient where the cell has no such history
+        upd = upd + c[j][m] * hist[j - 1][m]
+      new_x[m] = jnp.where(given_tok[m] | ~moving[m], x[m], upd)
+    return new_x, (x0,) + tuple(hist[:-1])
+
   def step(carry, xs):
-    x, sc = carry
-    t_cur, t_next, i = xs
+    if multistep:
+      x, hist, sc = carry
+      t_cur, t_next, i, coef = xs
+    else:
+      x, sc = carry
+      t_cur, t_next, i = xs
     t_cur_b = jnp.broadcast_to(t_cur, (b, m_, n_))
     k_noise, k_given, k_uncond = jax.random.split(jax.random.fold_in(key, i), 3)
     if monl_mode:
@@ -144,6 +271,8 @@ def sample(denoise_fn: DenoiseFn, layout: layout_lib.Layout, schedule: schedule_
     ab_sc = per_token_ab(t_sc)
     new_sc = None if sc is None else {
         m: schedule_lib.eps_to_x0(x_sc[m], eps_sc[m], ab_sc[m]) for m in names}
+    if multistep:
+      return (*multistep_update(x, eps, hist, t_cur_b, coef), new_sc), None
     ab_t, ab_s = per_token_ab(t_cur_b), per_token_ab(jnp.broadcast_to(t_next, (b, m_, n_)))
     n_keys = jax.random.split(k_noise, len(names))
     new_x = {}
@@ -166,5 +295,12 @@ def sample(denoise_fn: DenoiseFn, layout: layout_lib.Layout, schedule: schedule_
       if cfg.self_condition else None
   steps = len(levels) - 1
   xs = (jnp.asarray(levels[:-1]), jnp.asarray(levels[1:]), jnp.arange(steps))
-  (x, _), _ = jax.lax.scan(step, (x, sc), xs)
+  if multistep:
+    c_x, c, moving = multistep_coefficients(schedule.alpha_bar, levels, order)
+    xs = xs + ((jnp.asarray(c_x, jnp.float32), jnp.asarray(c, jnp.float32), jnp.asarray(moving)),)  # [S, ...]
+    # the previous steps' x̂0 (most recent first); unused until a cell has moved in them
+    hist = tuple({m: jnp.zeros_like(v) for m, v in x.items()} for _ in range(order - 1))
+    (x, _, _), _ = jax.lax.scan(step, (x, hist, sc), xs)
+  else:
+    (x, _), _ = jax.lax.scan(step, (x, sc), xs)
   return {m: jnp.where(given_tok[m], x0_given[m], x[m]) for m in names}
