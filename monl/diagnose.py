@@ -167,7 +167,7 @@ def run(config, workdir: str, num: int = 128, which: str = "all", seed: int = 0,
   tokens = gen.layout.patchify({m: jnp.asarray(v) for m, v in gen.normalize(clips).items()})
   factory = loop.StateFactory(config, gen.obj, step_lib.make_optimizer(config.train),
                               mesh_lib.make_mesh(config.mesh), rules_lib.get_rules(config.mesh.rules))
-  ckpt = ckpt_lib.Checkpointer(epath.Path(workdir) / "checkpoints", keep=10**6, async_save=False)
+  ckpt = ckpt_lib.Checkpointer(epath.Path(workdir) / "checkpoints", keep=10**6, async_save=False, config=config)
   steps = sorted(ckpt.manager.all_steps()) if which == "all" else [ckpt.latest_step()]
   results = {}
   for s in steps:

@@ -1,6 +1,7 @@
 """monl command line: a thin layer over the library.
 
   python -m monl.main train  --config configs/default.py --workdir /tmp/monl [--config.train.lr=3e-4]
+      [--resume_from_step N]   # resume from checkpoint N (e.g. the latest is damaged) instead of the latest
   python -m monl.main params --config configs/avdit_paper.py
   python -m monl.main data   --config configs/default.py      # build/describe the configured dataset
   python -m monl.main sample --config configs/default.py --workdir /tmp/monl --task a2v \
@@ -8,6 +9,7 @@
   python -m monl.main plan   --config configs/avdit_paper.py --topology v5e:16x16 [--json]
   python -m monl.main evaluate --config configs/default.py --workdir /tmp/monl --tasks all --num 256 \
       --steps 50 [--seed 0 --guidance 1.5 --output DIR]   # results.json/.md/.png (monl.eval.evaluate)
+  sample / evaluate: --solver dpmpp_2m --steps 25   # DPM-Solver++ instead of DDIM (config.sample.solver)
 
 train exits with status 42 (monl.train.loop.PREEMPTED_EXIT_CODE) after a SIGTERM-triggered checkpoint.
 """
@@ -25,6 +27,10 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/default.py[:strategy=pm].",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and outputs.")
+# train
+flags.DEFINE_integer("resume_from_step", None, "train: resume from this checkpoint step instead of the "
+                     "latest (the later checkpoints move to WORKDIR/discarded_checkpoints/). Use it once: "
+                     "a rerun with it would again discard the checkpoints written since.")
 # sample
 flags.DEFINE_string("task", "all", "Named task (joint, a2v, v2a, continue, continue_2s, inpaint, "
                     "continue_<m>[_with_<o>]), a mask like 'video:1-2,audio:all', or 'all'.")
@@ -35,6 +41,8 @@ flags.DEFINE_integer("steps", None, "Sampling steps (default config.sample.steps
 flags.DEFINE_string("guidance", "", "Guidance scale s: one float, or per modality 'video=2,audio=1'.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_string("sampler", None, "ddim | ddpm (default config.sample.sampler).")
+flags.DEFINE_string("solver", None, "sample/evaluate: ddim | dpmpp_2m | dpmpp_3m (DPM-Solver++, e.g. "
+                    "--steps 25; default config.sample.solver).")
 flags.DEFINE_string("mode", None, "monl | replacement (default config.sample.mode).")
 flags.DEFINE_float("eta", None, "DDIM eta (default config.sample.eta).")
 flags.DEFINE_integer("pyramid", 0, "Pyramid schedule: steps of delay between consecutive segments.")
@@ -55,7 +63,7 @@ def _cmd_train(config) -> int:
   if not FLAGS.workdir:
     raise app.UsageError("train needs --workdir")
   try:
-    loop.train(config, FLAGS.workdir)
+    loop.train(config, FLAGS.workdir, resume_from_step=FLAGS.resume_from_step)
   except loop.Preempted as e:
     print(e, flush=True)
     return loop.PREEMPTED_EXIT_CODE
@@ -85,13 +93,31 @@ def _cmd_plan(config) -> None:
   print(plan.to_json(p) if FLAGS.json else plan.format_table(p))
 
 
+def _check_solver(command: str, config) -> None:
+  """An unknown --solver / config.sample.solver, or one that does not fit the sampler and eta: say which
+  and exit 2 before a checkpoint is restored."""
+  from monl.sample import sampler
+  c = config.sample
+  try:
+    if FLAGS.solver is not None:
+      sampler.check_solver(FLAGS.solver, "--solver")
+    solver = sampler.check_solver(FLAGS.solver or c.get("solver", "ddim"), "config.sample.solver")
+    flagged = command == "sample"  # evaluate samples with config.sample.sampler / eta
+    sampler.SamplerConfig(sampler=(flagged and FLAGS.sampler) or c.sampler,
+                          eta=c.eta if not flagged or FLAGS.eta is None else FLAGS.eta, solver=solver)
+  except ValueError as e:
+    print(f"monl {command}: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
 def _cmd_sample(config) -> None:
   from monl.sample import run
   if not FLAGS.workdir:
     raise app.UsageError("sample needs --workdir (the training run to sample from)")
+  _check_solver("sample", config)
   req = run.SampleRequest(task=FLAGS.task, input=FLAGS.input, split=FLAGS.split, num=FLAGS.num,
                           steps=FLAGS.steps, guidance=FLAGS.guidance, seed=FLAGS.seed,
-                          sampler=FLAGS.sampler, mode=FLAGS.mode, eta=FLAGS.eta,
+                          sampler=FLAGS.sampler, solver=FLAGS.solver, mode=FLAGS.mode, eta=FLAGS.eta,
                           pyramid_delay=FLAGS.pyramid, long_segments=FLAGS.long_segments,
                           previews=FLAGS.previews)
   output = FLAGS.output or f"{FLAGS.workdir}/samples"
@@ -121,10 +147,31 @@ def _cmd_evaluate(config) -> None:
   from monl.eval import evaluate
   if not FLAGS.workdir:
     raise app.UsageError("evaluate needs --workdir (the training run to evaluate)")
+  _check_solver("evaluate", config)
   evaluate.evaluate(config, FLAGS.workdir, tasks=FLAGS.tasks or config.eval.tasks,
                     num=FLAGS.num if FLAGS["num"].present else config.eval.num,
-                    steps=FLAGS.steps or config.sample.steps, seed=FLAGS.seed, guidance=FLAGS.guidance,
+                    steps=config.sample.steps if FLAGS.steps is None else FLAGS.steps, seed=FLAGS.seed,
+                    guidance=FLAGS.guidance, solver=FLAGS.solver,
                     output=FLAGS.output or f"{FLAGS.workdir}/eval")
+
+
+def _check_numbers(command: str, config) -> None:
+  """Every numeric config field and flag this command uses, in range, before anything is compiled."""
+  from monl import validate
+  validate.check_config(config)
+  if command in ("sample", "evaluate"):
+    validate.check_number("--num", FLAGS.num, low=2 if command == "evaluate" else 1, what="clips per task")
+    if FLAGS.steps is not None:
+      validate.check_number("--steps", FLAGS.steps, low=1, high=config.schedule.num_steps,
+                            what="sampling steps, at most config.schedule.num_steps; omit for config.sample.steps")
+  if command == "sample":
+    validate.check_number("--previews", FLAGS.previews, low=0, what="clips per task written as GIF/WAV")
+    validate.check_number("--pyramid", FLAGS.pyramid, low=0, what="steps of delay between segments")
+    validate.check_number("--long_segments", FLAGS.long_segments, low=0, what="segments of a long clip, 0 = off")
+    if FLAGS.eta is not None:
+      validate.check_number("--eta", FLAGS.eta, low=0, kind="float", what="DDIM eta")
+  if command == "train" and FLAGS.resume_from_step is not None:
+    validate.check_number("--resume_from_step", FLAGS.resume_from_step, low=1, what="checkpoint step")
 
 
 def main(argv) -> int | None:
@@ -134,6 +181,12 @@ def main(argv) -> int | None:
     raise app.UsageError(f"usage: python -m monl.main {{{'|'.join(COMMANDS)}}} --config FILE [flags]")
   if FLAGS.config is None:
     raise app.UsageError("--config is required")
+  from monl import validate
+  try:
+    _check_numbers(argv[1], FLAGS.config)
+  except validate.ConfigError as e:  # a bad number: say which, exit 2 before anything is built
+    print(f"monl {argv[1]}: {e}", file=sys.stderr, flush=True)
+    return 2
   return {"train": _cmd_train, "params": _cmd_params, "data": _cmd_data,
           "sample": _cmd_sample, "plan": _cmd_plan, "evaluate": _cmd_evaluate}[argv[1]](FLAGS.config)
 

@@ -38,11 +38,29 @@ class SampleRequest:
   guidance: str = ""  # '' = config; one float for all modalities, or 'video=2,audio=1'
   seed: int = 0
   sampler: str | None = None
+  solver: str | None = None  # ddim | dpmpp_2m | dpmpp_3m (None = config.sample.solver)
   mode: str | None = None
   eta: float | None = None
   pyramid_delay: int = 0
   long_segments: int = 0  # > N: sliding-window long clips of this many segments
   previews: int = 4  # clips per task written as GIF/WAV and shown on the contact sheet
+
+
+def check_request(req: SampleRequest) -> None:
+  """Raises monl.validate.ConfigError naming the flag of any out-of-range number in `req`.
+
+  Called before anything is restored or compiled: `--steps 0` must not quietly become the default.
+  """
+  from monl import validate
+  validate.check_number("--num", req.num, low=1, what="clips per task")
+  if req.steps is not None:
+    validate.check_number("--steps", req.steps, low=1, what="sampling steps; omit it for config.sample.steps")
+  validate.check_number("--previews", req.previews, low=0, what="clips per task written as GIF/WAV")
+  validate.check_number("--pyramid", req.pyramid_delay, low=0, what="steps of delay between segments")
+  validate.check_number("--long_segments", req.long_segments, low=0, what="segments of a long clip, 0 = off")
+  validate.check_number("--seed", req.seed, what="sampling seed")
+  if req.eta is not None:
+    validate.check_number("--eta", req.eta, low=0, kind="float", what="DDIM eta")
 
 
 def restore(config, workdir: str, model):
@@ -56,7 +74,8 @@ def restore(config, workdir: str, model):
   factory = loop.StateFactory(config, obj, step_lib.make_optimizer(config.train),
                               mesh_lib.make_mesh(config.mesh), rules_lib.get_rules(config.mesh.rules))
   directory = epath.Path(workdir) / "checkpoints"
-  ckpt = ckpt_lib.Checkpointer(directory, keep=config.ckpt.keep, async_save=False)
+  # config: the checkpoint's recorded layout and shapes are compared with this config's (and refused)
+  ckpt = ckpt_lib.Checkpointer(directory, keep=config.ckpt.keep, async_save=False, config=config)
   step = ckpt.latest_step()
   if step is None:
     raise FileNotFoundError(f"no checkpoint under {directory}: train first "
@@ -70,7 +89,9 @@ class Generator:
   """A trained model ready to sample: parameters restored once, one compiled sampler per task shape."""
 
   def __init__(self, config, workdir: str, use_ema: bool | None = None):
+    from monl import validate
     from monl.train import loop
+    validate.check_config(config)
     self.config = config
     self.model = loop.build_model(config)
     self.layout = self.model.layout
@@ -102,7 +123,8 @@ class Generator:
     c = self.config.sample
     return sampler_lib.SamplerConfig(
         sampler=req.sampler or c.sampler, eta=c.eta if req.eta is None else req.eta,
-        mode=req.mode or c.mode, guidance=guidance, self_condition=self.model.cfg.self_condition)
+        mode=req.mode or c.mode, guidance=guidance, self_condition=self.model.cfg.self_condition,
+        solver=req.solver or c.get("solver", "ddim"))  # runs trained before the field: ddim
 
   @functools.lru_cache(maxsize=None)
   def _compiled(self, cfg: sampler_lib.SamplerConfig, steps: int, pyramid_delay: int):
@@ -137,7 +159,8 @@ def sample_task(gen: Generator, task: str, req: SampleRequest, out_dir: epath.Pa
   """Samples one task for every input clip, writes outputs, returns the manifest."""
   lay, c = gen.layout, gen.config
   given = tasks_lib.task_mask(task, lay.names, lay.num_segments, k=c.sample.continue_segments)
-  steps = req.steps or c.sample.steps
+  check_request(req)
+  steps = c.sample.steps if req.steps is None else req.steps  # not `or`: --steps 0 is an error, not 50
   guidance = gen.guidance_scales(req.guidance)
   cfg = gen.sampler_config(req, guidance)
   window = gen.window(cfg, steps, req.pyramid_delay)
@@ -172,7 +195,7 @@ def sample_task(gen: Generator, task: str, req: SampleRequest, out_dir: epath.Pa
   manifest = {
       "task": task, "mask": tasks_lib.format_mask(given, lay.names),
       "given": np.asarray(given).tolist(), "modalities": list(lay.names),
-      "sampler": cfg.sampler, "eta": cfg.eta, "mode": cfg.mode, "steps": steps,
+      "sampler": cfg.sampler, "solver": cfg.solver, "eta": cfg.eta, "mode": cfg.mode, "steps": steps,
       "pyramid_delay": req.pyramid_delay, "guidance": None if guidance is None else dict(zip(lay.names, guidance)),
       "seed": req.seed, "checkpoint_step": gen.step, "use_ema": gen.params is gen.state.ema_params,
       "long_segments": req.long_segments or None, "input": req.input or str(gen.data_dir),
@@ -209,6 +232,7 @@ def _write_previews(gen: Generator, out_dir: epath.Path, generated, given, count
 
 def run(config, workdir: str, req: SampleRequest, output: str) -> dict[str, dict]:
   """Samples `req.task` (or every named task for 'all') and returns {task: manifest}."""
+  check_request(req)
   gen = Generator(config, workdir)
   lay = gen.layout
   task_list = tasks_lib.task_names(lay.names) if req.task == "all" else [req.task]

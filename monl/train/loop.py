@@ -19,6 +19,7 @@ import numpy as np
 from etils import epath
 
 from monl import layout as layout_lib
+from monl import validate
 from monl.data import format as data_format
 from monl.data import pipeline
 from monl.models import avdit
@@ -27,6 +28,7 @@ from monl.parallel import mesh as mesh_lib
 from monl.parallel import rules as rules_lib
 from monl.parallel import sharding
 from monl.train import checkpoint as ckpt_lib
+from monl.train import config_history
 from monl.train import logger as logger_lib
 from monl.train import step as step_lib
 
@@ -157,17 +159,28 @@ def _agree_to_stop(flag: _SigtermFlag, step: int, every: int) -> bool:
   return bool(np.asarray(votes).any())
 
 
-def train(config, workdir: str, stop_at: int | None = None) -> step_lib.TrainState:
+def train(config, workdir: str, stop_at: int | None = None,
+          resume_from_step: int | None = None) -> step_lib.TrainState:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
 
   `stop_at` ends this run early (with a checkpoint) at that step; the schedule still runs to
   `config.train.num_steps`, so a later call continues exactly where this one stopped.
+  `resume_from_step` restores that checkpoint instead of the latest (e.g. when the latest is damaged);
+  once it has restored and verified, the checkpoints after it move to WORKDIR/discarded_checkpoints/.
+
+  WORKDIR/config.json (the latest config) and WORKDIR/configs/config_step<N>.json (one per (re)start at
+  step N) are written once the checkpoint to resume from has been verified, and a notice lists every
+  field that differs from the config that checkpoint was trained with.
   """
+  validate.check_config(config)  # before any data is read or anything is compiled
+  if stop_at is not None:
+    validate.check_number("stop_at", stop_at, low=1, what="step to stop at")
+  if resume_from_step is not None:
+    validate.check_number("--resume_from_step", resume_from_step, low=1, what="checkpoint step")
   workdir = epath.Path(workdir)
   chief = jax.process_index() == 0
   if chief:
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   print(f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local of "
         f"{jax.device_count()} devices ({jax.devices()[0].platform})", flush=True)
 
@@ -194,14 +207,24 @@ def train(config, workdir: str, stop_at: int | None = None) -> step_lib.TrainSta
   data_iter = iter(dataset)
 
   ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=config.ckpt.keep,
-                               async_save=config.ckpt.async_save)
-  latest = ckpt.latest_step()
-  if latest is None:
+                               async_save=config.ckpt.async_save, config=config)
+  if resume_from_step is not None and resume_from_step not in ckpt.all_steps():
+    raise ckpt_lib.CheckpointError(
+        f"--resume_from_step {resume_from_step}: there is no complete checkpoint {resume_from_step} under "
+        f"{ckpt.directory}; complete checkpoints there: {ckpt.all_steps()}")
+  resume = ckpt.latest_step() if resume_from_step is None else resume_from_step
+  if resume is None:
     state = factory.init()
     print(f"initialised {avdit.count_params(model.cfg, lay):,} parameters", flush=True)
   else:
-    state = ckpt.restore(latest, factory.abstract, data_iter)
-    print(f"resumed from step {latest} ({workdir / 'checkpoints'})", flush=True)
+    state = ckpt.restore(resume, factory.abstract, data_iter)  # verified: layout, shapes, checksums
+    later = [s for s in ckpt.all_steps() if s > resume]
+    if later:
+      moved = ckpt.set_aside(later, workdir / "discarded_checkpoints")
+      print(f"--resume_from_step {resume}: moved the later checkpoint(s) {later} to "
+            f"{moved[0].parent} (kept, not deleted)", flush=True)
+    print(f"resumed from step {resume} ({workdir / 'checkpoints'})", flush=True)
+    _notice_config_changes(config, ckpt, resume, workdir)
 
   step_fn = make_step_fn(config, obj, tx, factory, mesh, rules)
   key = base_key(config)
@@ -212,6 +235,14 @@ def train(config, workdir: str, stop_at: int | None = None) -> step_lib.TrainSta
   start = int(state.step)
   total = config.train.num_steps
   end = total if stop_at is None else min(stop_at, total)
+  if start >= end:
+    ckpt.close()
+    limit = f"config.train.num_steps={total}" if end == total else f"stop_at={end}"
+    print(f"nothing to train: checkpoint {start} has already reached {limit} (raise "
+          f"config.train.num_steps to train further); {workdir / 'config.json'} is unchanged", flush=True)
+    return state
+  if chief:
+    config_history.write(workdir, config, start)
   logger = logger_lib.Logger(workdir if chief else None, total_steps=total, start_step=start)
   window, last = [], {}
   step = start
@@ -252,6 +283,24 @@ def train(config, workdir: str, stop_at: int | None = None) -> step_lib.TrainSta
   if chief and last:
     (workdir / "train_metrics.json").write_text(json.dumps(dict(last, step=step), indent=2))
   return state
+
+
+def _notice_config_changes(config, ckpt: ckpt_lib.Checkpointer, step: int, workdir: epath.Path) -> None:
+  """Prints which config fields differ from those checkpoint `step` was trained with (if any)."""
+  record_path = ckpt.record_path(step)
+  before, source = None, None
+  if record_path.exists():
+    before = json.loads(record_path.read_text()).get("config")
+    source = f"recorded in {record_path}"
+  if before is None and (workdir / "config.json").exists():  # checkpoints written before monl records
+    before, source = json.loads((workdir / "config.json").read_text()), f"{workdir / 'config.json'}"
+  if before is None:
+    print(f"NOTICE: checkpoint {step} records no config: changes since it was trained cannot be listed",
+          flush=True)
+    return
+  changes = config_history.diff(before, config_history.to_plain(config))
+  if changes:
+    print(config_history.resume_notice(changes, step, source), flush=True)
 
 
 def _check_finite(window: list[dict], first_step: int) -> None:
