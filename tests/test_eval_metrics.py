@@ -227,3 +227,150 @@ def test_latent_fd_per_clip_mask_and_flatten():
     lfd.latent_clip_features(x, segment_lengths=(3, 3), generated_mask=[False, False])
   stats = lfd.latent_feature_stats(x, "audio")
   assert stats.meta["metric"] == lfd.latent_fd_label("audio") and stats.dim == 6
+
+
+# ---------------------------------------------------------------------------------------------
+# AV-align
+# ---------------------------------------------------------------------------------------------
+
+_V_FPS, _A_FPS = 8, 32  # the built-in datasets' frame rates: 4 audio frames per video frame
+
+
+def _event_video(events, t=16, size=8) -> np.ndarray:
+  """[t, size, size, 3] grey box with a white square that jumps to a new place at each event frame."""
+  v = np.full((t, size, size, 3), 0.1)
+  corner = 0
+  for j in range(t):
+    if j in events:
+      corner = (corner + 3) % (size - 2)
+    v[j, corner:corner + 2, 1:3] = 1.0
+  return v
+
+
+def _event_spec(onset_frames, t=64, bins=16, seed=0) -> np.ndarray:
+  """[t, bins] log spectrogram: a jittered noise floor with a broadband click at each onset frame."""
+  mag = 0.01 * np.exp(0.2 * np.random.default_rng(seed).standard_normal((t, bins)))
+  for k in onset_frames:
+    if 0 <= k < t:
+      mag[k] += 0.6
+  return np.log(mag)
+
+
+def _click_frames(video_events, shift_video_frames=0):
+  # the click in the first audio frame of the event's video frame (centre 3/64 s before the frame's centre)
+  return [4 * (j + shift_video_frames) for j in video_events]
+
+
+def test_av_align_aligned_clip_scores_one():
+  events = [3, 7, 11]
+  v, a = _event_video(events), _event_spec(_click_frames(events))
+  np.testing.assert_allclose(metrics.video_peaks(v, _V_FPS), (np.array(events) + 0.5) / _V_FPS)
+  np.testing.assert_allclose(metrics.audio_onsets(a, _A_FPS), (np.array(events) * 4 + 0.5) / _A_FPS)
+  assert metrics.av_align(v, a, _V_FPS, _A_FPS) == 1.0
+
+
+def test_av_align_shift_beyond_window_drops_score():
+  events = [3, 7, 11]
+  v = _event_video(events)
+  # clicks at audio frame 4j are 3/64 s before the peaks at (j + 0.5) / 8: a shift of s video frames
+  # puts them s/8 - 3/64 s away, inside the open ±1/8 s window for s = 1 and outside for s = 2, -2, 3
+  for shift, want in ((1, 1.0), (2, 0.0), (-2, 0.0), (3, 0.0)):
+    a = _event_spec(_click_frames(events, shift))
+    assert metrics.av_align(v, a, _V_FPS, _A_FPS) == want, shift
+  # one of three events shifted out: 2 matched of 3 + 3 events -> 2 / 4
+  a = _event_spec(_click_frames([3, 7]) + _click_frames([11], 2))
+  assert metrics.av_align(v, a, _V_FPS, _A_FPS) == pytest.approx(0.5)
+  # a wider window accepts the 2-frame shift
+  a = _event_spec(_click_frames(events, 2))
+  assert metrics.av_align(v, a, _V_FPS, _A_FPS, window_frames=2.5) == 1.0
+
+
+def _random_events(rng) -> list[int]:
+  """Three video frames in 2..13, at least 3 apart (so motion peaks stay separate)."""
+  while True:
+    ev = sorted(rng.choice(np.arange(2, 14), 3, replace=False))
+    if min(np.diff(ev)) >= 3:
+      return [int(e) for e in ev]
+
+
+def test_av_align_unrelated_clips_score_low():
+  rng = np.random.default_rng(0)
+  aligned, unrelated = [], []
+  for i in range(40):
+    ev_v, ev_a = _random_events(rng), _random_events(rng)
+    v = _event_video(ev_v)
+    aligned.append(metrics.av_align(v, _event_spec(_click_frames(ev_v), seed=i), _V_FPS, _A_FPS))
+    unrelated.append(metrics.av_align(v, _event_spec(_click_frames(ev_a), seed=i), _V_FPS, _A_FPS))
+  # pure noise in both modalities
+  noise = [metrics.av_align(rng.uniform(size=(16, 8, 8, 3)), rng.normal(size=(64, 16)), _V_FPS, _A_FPS)
+           for _ in range(20)]
+  assert np.mean(aligned) == 1.0
+  assert np.mean(unrelated) < 0.4 and np.mean(noise) < 0.4, (np.mean(unrelated), np.mean(noise))
+
+
+def test_av_align_edge_cases_are_zero():
+  events = [3, 7, 11]
+  v, a = _event_video(events), _event_spec(_click_frames(events))
+  silent = np.full((64, 16), np.log(0.01))
+  still = np.full((16, 8, 8, 3), 0.3)
+  assert len(metrics.audio_onsets(silent, _A_FPS)) == 0 and len(metrics.video_peaks(still, _V_FPS)) == 0
+  assert metrics.av_align(v, silent, _V_FPS, _A_FPS) == 0.0  # no onsets
+  assert metrics.av_align(still, a, _V_FPS, _A_FPS) == 0.0  # no peaks
+  assert metrics.av_align(still, silent, _V_FPS, _A_FPS) == 0.0  # neither: defined, not 0/0
+  with pytest.raises(ValueError, match=r"motion_curve.*\[T >= 3, H, W, 3\]"):
+    metrics.av_align(v[..., :1], a, _V_FPS, _A_FPS)
+  with pytest.raises(ValueError, match="onset_strength.*non-finite"):
+    metrics.av_align(v, np.full((64, 16), np.nan), _V_FPS, _A_FPS)
+  with pytest.raises(ValueError, match="3 videos but 2"):
+    metrics.av_align_batch(np.stack([v] * 3), np.stack([a] * 2), _V_FPS, _A_FPS)
+
+
+def test_av_align_matching_is_one_to_one():
+  # two onsets near one peak: one match, IoU 1 / (2 + 1 - 1); the reference would give 2 / 1
+  assert metrics.match_events([0.10, 0.12], [0.11], 0.125) == 1
+  assert metrics.av_align_score([0.10, 0.12], [0.11], 0.125) == pytest.approx(0.5)
+  # greedy in time order finds the maximum matching
+  assert metrics.match_events([0.0, 0.2], [0.1, 0.3], 0.15) == 2
+  assert metrics.av_align_score([0.5], [0.5 + 0.125], 0.125) == 0.0  # the window is open
+
+
+def test_onset_strength_and_peak_picking():
+  spec = np.zeros((6, 2))
+  spec[2] = [1.0, -1.0]  # rise in bin 0 only counts, the fall in bin 1 does not
+  np.testing.assert_allclose(metrics.onset_strength(spec), [0, 0, 1, 1, 0, 0])
+  env = np.array([0, 0, 1.0, 0.2, 0, 0, 0.05, 0, 0.9, 0.95, 0, 0])
+  # 0.05 is below mean + delta; 0.9 is followed by a larger value, so 0.95 is the peak
+  np.testing.assert_array_equal(metrics.pick_peaks(env, 32), [2, 9])
+  np.testing.assert_array_equal(metrics.pick_peaks(np.ones(10), 32), [])
+
+
+def test_av_align_waveform_variant():
+  sr, events = 16000, [3, 7, 11]
+  v = _event_video(events)
+  rng = np.random.default_rng(0)
+
+  def clicks(frames):
+    w = 0.01 * np.sin(2 * np.pi * 440 * np.arange(2 * sr) / sr)
+    for j in frames:  # a 20 ms noise burst at the start of video frame j
+      s = int(j / _V_FPS * sr)
+      w[s:s + sr // 50] += 0.5 * rng.standard_normal(sr // 50)
+    return w
+
+  spec, rate, offset = metrics.log_spectrogram(clicks(events), sr)
+  assert spec.shape == (1 + (2 * sr - 400) // 160, 201) and rate == 100.0 and offset == 1.25
+  assert metrics.av_align_waveform(v, clicks(events), _V_FPS, sr) == 1.0
+  assert metrics.av_align_waveform(v, clicks([j + 2 for j in events]), _V_FPS, sr) == 0.0
+  with pytest.raises(ValueError, match="mono"):
+    metrics.av_align_waveform(v, np.zeros((2, 100)), _V_FPS, sr)
+
+
+def test_av_align_on_builtin_bouncing_ball_beats_shuffled_pairs():
+  from monl.data import synthetic
+  clips = [synthetic.generate_clip(np.random.default_rng(i)) for i in range(24)]
+  video = np.stack([c["video"] for c in clips])
+  audio = np.stack([c["audio"] for c in clips])
+  real = metrics.av_align_batch(video, audio, synthetic.VIDEO_FPS, synthetic.AUDIO_FPS)
+  shuffled = metrics.av_align_batch(video, np.roll(audio, 1, axis=0), synthetic.VIDEO_FPS,
+                                    synthetic.AUDIO_FPS)
+  assert real.shape == (24,) and ((0 <= real) & (real <= 1)).all()
+  assert real.mean() > shuffled.mean() + 0.15

@@ -11,8 +11,8 @@ from monl.eval import plugins
 _TINY = dict(conv_features=(4, 8, 8, 8, 16, 16), fc_features=(32, 32), embedding_size=16)
 
 
-@pytest.fixture(scope="module")
-def tiny_vggish_npz(tmp_path_factory):
+def write_tiny_vggish(path) -> None:
+  """Writes random tiny VGGish weights (`_TINY` widths, 16-d embedding) to `path` in the npz layout."""
   # Random weights drawn in numpy from the traced shapes: Flax's init would compile one
   # truncated-normal kernel per shape, ~10 s on a 2-core CPU.
   shapes = jax.eval_shape(plugins.VGGish(**_TINY).init, jax.random.key(0),
@@ -21,13 +21,18 @@ def tiny_vggish_npz(tmp_path_factory):
   params = jax.tree_util.tree_map(
       lambda s: rng.normal(0.0, 1.0 / np.sqrt(np.prod(s.shape[:-1])), s.shape).astype(np.float32)
       if len(s.shape) > 1 else np.zeros(s.shape, np.float32), shapes)
-  path = tmp_path_factory.mktemp("vggish") / "vggish_tiny.npz"
   plugins.save_vggish_npz(params, path)
+
+
+@pytest.fixture(scope="module")
+def tiny_vggish_npz(tmp_path_factory):
+  path = tmp_path_factory.mktemp("vggish") / "vggish_tiny.npz"
+  write_tiny_vggish(path)
   return path
 
 
-@pytest.mark.parametrize("name", ["vggish", "panns_cnn14", "clap", "audioclip"])
-def test_missing_weights_fail_cleanly(name, tmp_path):
+def test_missing_weights_fail_cleanly(tmp_path):
+  name = "vggish"
   spec = plugins._REGISTRY[name]
   for weights in (None, tmp_path / "nope.npz"):
     with pytest.raises(plugins.MissingWeightsError) as err:
@@ -37,13 +42,12 @@ def test_missing_weights_fail_cleanly(name, tmp_path):
   assert issubclass(plugins.MissingWeightsError, FileNotFoundError)
 
 
-def test_unknown_and_unimplemented(tmp_path):
+def test_unknown_extractor_and_only_implemented_ones_registered():
   with pytest.raises(KeyError, match="available"):
     plugins.load_extractor("imagebind_v9", None)
-  dummy = tmp_path / "Cnn14.pth"
-  dummy.write_bytes(b"x")
-  with pytest.raises(NotImplementedError, match="panns_cnn14"):
-    plugins.load_extractor("panns_cnn14", dummy)
+  # every registered extractor has an architecture (no stubs that raise NotImplementedError)
+  assert plugins.available_extractors() == ["vggish"]
+  assert all(callable(spec.loader) for spec in plugins._REGISTRY.values())
 
 
 def test_tiny_vggish_end_to_end(tiny_vggish_npz):

@@ -100,3 +100,71 @@ def test_evaluate_end_to_end_and_cache_reuse(trained, tmp_path, monkeypatch):
   assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
   md = (tmp_path / "e1" / "results.md").read_text()
   assert "| continue |" in md and "real clips (floor)" in md
+  # AV-align on every task (both modalities decoded), the real clips as reference; FAD off, and said so
+  real_av = res["real_reference"]["av_align"]
+  assert 0 < real_av["value"] <= 1 and len(real_av["per_clip"]) == 5
+  for name in ("joint", "a2v", "v2a", "continue"):
+    av = t[name]["metrics"]["av_align"]
+    assert 0 <= av["value"] <= 1 and av["real"] == real_av["value"] and av["higher_is_better"]
+    assert "config.eval.vggish_weights is ''" in t[name]["skipped"]["fad_vggish"]
+  assert any(n.startswith("FAD off: config.eval.vggish_weights") for n in res["notes"])
+  assert "`av_align`" in md and "**Note:** FAD off" in md
+
+
+def test_evaluate_fad_with_tiny_vggish(trained, tmp_path):
+  from test_eval_plugins import write_tiny_vggish
+  config, workdir = trained
+  config = config.copy_and_resolve_references()
+  config.eval.cache_dir = str(tmp_path / "cache")
+  config.eval.vggish_weights = str(tmp_path / "missing.npz")
+  kw = dict(tasks="a2v,v2a,continue", num=4, steps=2, i3d=False, quiet=True)
+  with pytest.raises(FileNotFoundError, match="config.eval.vggish_weights=.*missing.npz"):
+    ev.evaluate(config, workdir, output=str(tmp_path / "e0"), **kw)
+  write_tiny_vggish(tmp_path / "vggish.npz")
+  config.eval.vggish_weights = str(tmp_path / "vggish.npz")
+  res = ev.evaluate(config, workdir, output=str(tmp_path / "e1"), **kw)
+  t = res["tasks"]
+  assert t["a2v"]["skipped"]["fad_vggish"] == "audio is fully given (nothing generated)"
+  v2a, cont = t["v2a"]["metrics"]["fad_vggish"], t["continue"]["metrics"]["fad_vggish"]
+  # 2 s of audio -> 2 VGGish examples per clip; continue generates audio frames 32-63 (1 s) -> 1
+  assert v2a["provenance"]["examples_per_clip"] == 2 and v2a["provenance"]["frames"] == "0-63"
+  assert cont["provenance"]["examples_per_clip"] == 1 and cont["provenance"]["frames"] == "32-63"
+  assert v2a["value"] > 0 and np.isfinite(cont["value"]) and "not comparable" in v2a["label"]
+  assert v2a["provenance"]["weights_sha256"] and not v2a["provenance"]["cache_hit"]
+  assert not any("FAD" in n for n in res["notes"])
+  # the generated audio is compared: real audio in place of the samples gives FAD ~ 0
+  from monl.data import pipeline
+  from monl.eval import plugins
+  ids, real = pipeline.read_clips(res["dataset"], res["split"], 4, ("video", "audio"))
+  vggish = plugins.load_extractor("vggish", tmp_path / "vggish.npz")
+  dec = ev.decoder_registry()["monl.data.synthetic.bouncing_ball"]
+  same = ev.fad_entry(vggish, real["audio"], real["audio"], np.arange(64), dec, ev.settings_from_config(config),
+                      {"dataset": res["dataset_key"], "split": res["split"], "num": 4})
+  assert abs(same["value"]) < 1e-6 * max(1.0, v2a["value"]) and same["provenance"]["cache_hit"]
+
+
+def test_evaluate_says_when_only_the_latent_proxy_applies(trained, tmp_path, monkeypatch, capsys):
+  config, workdir = trained
+  monkeypatch.setattr(ev, "decoder_for", lambda spec: None)  # as for latents with no decoder here
+  monkeypatch.setattr(ev, "ground_truth_for", lambda spec, names: None)
+  res = ev.evaluate(config, workdir, tasks="v2a", num=3, steps=2, i3d=False, output=str(tmp_path / "e"))
+  out = capsys.readouterr().out
+  lines = [ln for ln in out.splitlines() if "no decoder" in ln]
+  assert len(lines) == 1 and "computes only the latent-space Fréchet proxy" in lines[0], out
+  m = res["tasks"]["v2a"]
+  assert set(m["metrics"]) == {"latent_fd_audio", "latent_fd_mean"}
+  assert "no decoder" in m["skipped"]["av_align"] and "no decoder" in m["skipped"]["fad_vggish"]
+  assert not any(n.startswith("FAD") for n in res["notes"])  # the one line covers it
+
+
+def test_paper_config_gets_only_the_latent_proxy():
+  from configs import avdit_paper
+  config = avdit_paper.get_config()
+  settings = ev.settings_from_config(config)
+  assert settings["vggish_weights"] == ""
+  reason = ev.i3d_unavailable(settings, tuple(config.layout.video.shape))
+  assert "no RGB video" in reason
+  note = ev.coverage_note(None, reason, config.data.dir)
+  assert "only the latent-space Fréchet proxy" in note and "FVD/KVD" not in note
+  assert "FVD/KVD on its RGB video" in ev.coverage_note(None, None, "x")
+  assert ev.coverage_note(ev.decoder_registry()["monl.data.symbols"], reason, "x") is None

@@ -23,7 +23,17 @@ For every task (named tasks of `monl.sample.tasks`, the eval split `config.data.
        true symbols are those of the real clips the task conditioned on.
      Their entries also hold `per_clip` (one float per clip, in the
      order of the eval split's first `num` clips), for paired tests between runs (`monl.ablate`).
-   Conditioning segments are EXCLUDED from the Fréchet metrics (latent FD, FVD, KVD): only the
+   * `av_align` (higher is better): AV-align (`metrics.av_align`, audio onsets vs video motion peaks,
+     IoU within ±1 video frame) of the whole clip, per clip, with the real clips' score as `real`,
+     for every task when the dataset has a decoder to RGB video + spectrogram (`decoder_for`: the
+     built-in datasets; their raw clips are that already).
+   * `fad_vggish`: Fréchet distance of VGGish embeddings (`monl.eval.plugins`) of the waveforms the
+     decoder resynthesises from the generated audio frames (and the same frames of the real clips),
+     when `config.eval.vggish_weights` names a local `.npz`; otherwise evaluate says once why FAD is
+     off and lists it under `skipped`.
+   On a dataset without a decoder (e.g. the paper config's MAGVIT-v2 / SoundStream latents) only the
+   latent proxy (and FVD/KVD if its video is RGB) applies; evaluate prints this (`results["notes"]`).
+   Conditioning segments are EXCLUDED from the Fréchet metrics (latent FD, FVD, KVD, FAD): only the
    frames of the segments the task generates are compared, at the same positions in the real clips,
    as the paper does for continuation/interpolation. The ground-truth scores use the whole clip (the
    seam between given and generated segments is part of what they measure).
@@ -87,7 +97,14 @@ DEFAULTS = {
     "kvd_subsets": 100,
     "pooling": "mean_std",  # latent FD pooling
     "previews": 2,  # GIF/WAV previews per task
+    "vggish_weights": "",  # local VGGish .npz (monl.eval.plugins.VGGISH_NPZ_KEYS) for FAD; '' = FAD off
 }
+
+AV_ALIGN_LABEL = ("AV-align: IoU of audio onsets (spectral flux) and video motion peaks (frame "
+                  "differences) within ±1 video frame, whole clip (HIGHER is better; 1 = every onset has "
+                  "its own peak)")
+# VGGish needs one 0.96 s example: 400 + 95 * 160 samples at 16 kHz.
+_VGGISH_MIN_SECONDS = 0.975
 
 
 def settings_from_config(config, **overrides) -> dict[str, Any]:
@@ -211,6 +228,24 @@ def real_stats_cached(cache_dir: str, key: dict[str, Any], compute: Callable[[],
   return stats, False, str(path)
 
 
+def fad_entry(vggish, real_audio: np.ndarray, gen_audio: np.ndarray, frames: np.ndarray, decoder: Decoder,
+              settings: dict[str, Any], key: dict[str, Any]) -> dict[str, Any]:
+  """FAD between real and generated audio [B, T_a, F] over the audio frames [K]: every VGGish example
+  of every clip's resynthesised waveform is one feature vector; real statistics are cached."""
+  frange = _ranges(frames)
+  prov = dict(vggish.provenance, frames=frange, num_clips=len(gen_audio), waveform=(
+      f"{decoder.to_waveform.__module__}.{decoder.to_waveform.__name__} at {decoder.sample_rate} Hz"))
+  embed = lambda audio: vggish.embed_waveforms(fad_waveforms(audio, frames, decoder), decoder.sample_rate)
+  key = dict(key, extractor=f"vggish-{vggish.provenance['weights_sha256'][:12]}", frames=frange)
+  rstats, hit, cpath = real_stats_cached(settings["cache_dir"], key,
+                                         lambda: embed(real_audio).reshape(-1, vggish.embedding_size), prov)
+  gfeats = embed(gen_audio)
+  prov.update(examples_per_clip=int(gfeats.shape[1]), real_stats_cache=cpath, cache_hit=hit)
+  return {"value": frechet_distance_features(rstats.features, gfeats.reshape(-1, gfeats.shape[-1])),
+          "label": (f"FAD (VGGish, {len(gen_audio)} clips x {gfeats.shape[1]} examples of resynthesised audio; "
+                    "not comparable to paper FADs)"), "provenance": prov}
+
+
 def _i3d_input(video: np.ndarray, frames: np.ndarray, scale: float) -> np.ndarray:
   return np.clip(np.asarray(video, np.float32)[:, frames] * scale, 0.0, 255.0)
 
@@ -310,6 +345,82 @@ def ground_truth_for(spec, names: Sequence[str]) -> GroundTruth | None:
   return ground_truth_registry().get(gen.get("name"))
 
 
+@dataclasses.dataclass(frozen=True)
+class Decoder:
+  """How the raw clips of a dataset are seen and heard: video [T, H, W, 3] RGB in [0, 1] (clipped),
+  audio [T_a, F] log-magnitude spectrogram frames; frame i shows time (i + 0.5) / fps."""
+  video_fps: float
+  audio_fps: float
+  to_waveform: Callable[[np.ndarray], np.ndarray]  # audio [T_a', F] -> mono waveform [S]
+  sample_rate: int
+
+
+@functools.cache
+def decoder_registry() -> dict[str, Decoder]:
+  """`produced_by.generator.name` -> its Decoder. Both built-in datasets are pixels + spectrograms at
+  8 / 32 frames per second already, with the additive-resynthesis WAV decoder of the previews."""
+  from monl.data import symbols, synthetic
+  ball = Decoder(video_fps=synthetic.VIDEO_FPS, audio_fps=synthetic.AUDIO_FPS,
+                 to_waveform=synthetic.audio_to_waveform, sample_rate=16000)
+  return {synthetic.GENERATOR_NAME: ball,
+          symbols.GENERATOR_NAME: dataclasses.replace(ball, video_fps=symbols.VIDEO_FPS)}
+
+
+def decoder_for(spec) -> Decoder | None:
+  """The decoder of the built-in generator that produced `spec`'s dataset; None for other data."""
+  gen = spec.produced_by.get("generator")
+  return decoder_registry().get(gen.get("name")) if isinstance(gen, Mapping) else None
+
+
+def av_align_scores(video: np.ndarray, audio: np.ndarray, decoder: Decoder) -> np.ndarray:
+  """Per-clip AV-align of raw clips video [B, T, H, W, 3], audio [B, T_a, F] -> [B] (higher is better)."""
+  return metrics_lib.av_align_batch(np.clip(video, 0.0, 1.0), audio, decoder.video_fps, decoder.audio_fps)
+
+
+def av_align_entry(scores: np.ndarray, real: float | None) -> dict[str, Any]:
+  scores = np.asarray(scores, np.float64)
+  se = float(scores.std(ddof=1) / math.sqrt(len(scores))) if len(scores) > 1 else 0.0
+  return {"value": float(scores.mean()), "label": AV_ALIGN_LABEL, "stderr": se, "real": real,
+          "per_clip": scores.tolist(), "higher_is_better": True,
+          "provenance": {"source": "monl.eval.metrics.av_align on the decoded whole clip", "num": len(scores),
+                         "window": "±1 video frame (open)", "matching": "one-to-one"}}
+
+
+def fad_waveforms(audio: np.ndarray, frames: np.ndarray, decoder: Decoder) -> np.ndarray:
+  """The decoder's waveforms of audio [B, T_a, F] restricted to the frames [K] -> [B, S]."""
+  return np.stack([decoder.to_waveform(a[frames]) for a in np.asarray(audio, np.float32)])
+
+
+def make_vggish(settings: dict[str, Any]):
+  """The VGGish extractor of `config.eval.vggish_weights`; errors name the field and the file."""
+  from monl.eval import plugins
+  path = settings["vggish_weights"]
+  try:
+    return plugins.load_extractor("vggish", epath.Path(path).expanduser())
+  except (plugins.MissingWeightsError, ValueError) as e:
+    raise type(e)(f"config.eval.vggish_weights={path!r}: {e}") from e
+
+
+def i3d_unavailable(settings: dict[str, Any], video_shape: Sequence[int] | None) -> str | None:
+  """Why FVD/KVD cannot run for a layout's video shape [T, H, W, C] (None: it can)."""
+  if not settings["i3d"]:
+    return "disabled (config.eval.i3d=False)"
+  if video_shape is None or len(video_shape) != 4 or video_shape[-1] != 3:
+    return f"no RGB video modality [T, H, W, 3] (layout video shape {video_shape})"
+  return None
+
+
+def coverage_note(decoder: Decoder | None, i3d_reason: str | None, data_dir: str) -> str | None:
+  """One line saying what evaluate can measure on a dataset without a decoder; None when it has one."""
+  if decoder is not None:
+    return None
+  what = "the latent-space Fréchet proxy (latent_fd_*, not comparable to literature FVD/FAD)"
+  if i3d_reason is None:
+    what += " and FVD/KVD on its RGB video"
+  return (f"{data_dir} has no decoder to RGB video + audio here (not a built-in dataset): evaluate computes "
+          f"only {what}; no AV-align, FAD or ground-truth scores")
+
+
 def parse_tasks(tasks: str | Sequence[str], names: Sequence[str]) -> list[str]:
   """'all' -> every named task; 'paper' -> the paper's six; else a comma-separated list (masks: use ';')."""
   from monl.sample import tasks as tasks_lib
@@ -346,8 +457,10 @@ def primary_metric(task: str, metrics: dict[str, Any], truth: GroundTruth | bool
 
 def evaluate(config, workdir: str, *, tasks: str | Sequence[str] = "all", num: int = 256, steps: int = 50,
              seed: int = 0, guidance: str = "", output: str | None = None, i3d: bool | None = None,
-             i3d_max_clips: int | None = None, generator=None, quiet: bool = False) -> dict[str, Any]:
-  """Samples and scores every task; writes results.json, results.md, results.png, tb/. Returns results."""
+             i3d_max_clips: int | None = None, generator=None, quiet: bool = False,
+             solver: str | None = None) -> dict[str, Any]:
+  """Samples and scores every task; writes results.json, results.md, results.png, tb/. Returns results.
+  `solver`: ddim | dpmpp_2m | dpmpp_3m (None = config.sample.solver)."""
   from monl.data import pipeline
   from monl.sample import run as run_lib
   t_start = time.perf_counter()
@@ -378,18 +491,38 @@ def evaluate(config, workdir: str, *, tasks: str | Sequence[str] = "all", num: i
       real_ref[k] = _mean_entry(v, k, None, truth)
       real_ref[k]["label"] = truth.labels[k] + " on real clips (reference floor)"
 
-  # I3D availability.
-  i3d_reason = None
   vshape = lay["video"].shape if "video" in names else None
-  if not settings["i3d"]:
-    i3d_reason = "disabled (config.eval.i3d=False)"
-  elif vshape is None or len(vshape) != 4 or vshape[-1] != 3:
-    i3d_reason = f"no RGB video modality [T, H, W, 3] (layout video shape {vshape})"
+  i3d_reason = i3d_unavailable(settings, vshape)
   extractor = None
   k_i3d = min(n, int(settings["i3d_max_clips"]))
   if i3d_reason is None and k_i3d < 2:
     i3d_reason = f"i3d_max_clips={settings['i3d_max_clips']} < 2"
   dkey = dataset_key(data_dir)
+
+  decoder = decoder_for(gen.spec)
+  notes = [x for x in [coverage_note(decoder, i3d_reason, data_dir)] if x]  # printed and in results.json
+  av_reason = None
+  if decoder is None:
+    av_reason = "no decoder to RGB video + spectrogram for this dataset (only the built-in datasets have one)"
+  elif not {"video", "audio"} <= set(names):
+    av_reason = f"needs both video and audio; the layout has {names}"
+  else:
+    scores = av_align_scores(real["video"], real["audio"], decoder)
+    real_ref["av_align"] = dict(av_align_entry(scores, None), label=AV_ALIGN_LABEL + " on real clips (reference)")
+  vggish, fad_reason = None, None
+  if "audio" not in names:
+    fad_reason = "no audio modality"
+  elif decoder is None:
+    fad_reason = "no decoder from this dataset's audio to a waveform (only the built-in datasets have one)"
+  elif not settings["vggish_weights"]:
+    fad_reason = ("off: config.eval.vggish_weights is '' (VGGish weights cannot be downloaded here; convert "
+                  "vggish_model.ckpt to the .npz layout of monl.eval.plugins.VGGISH_NPZ_KEYS and set the path)")
+  else:
+    vggish = make_vggish(settings)
+  if decoder is not None and fad_reason:
+    notes.append(f"FAD {fad_reason}")
+  for note in notes:
+    log(f"evaluate: {note}")
 
   writer = None
   try:
@@ -401,12 +534,14 @@ def evaluate(config, workdir: str, *, tasks: str | Sequence[str] = "all", num: i
   results: dict[str, Any] = {
       "workdir": str(workdir), "checkpoint_step": int(gen.step), "dataset": data_dir, "dataset_key": dkey,
       "split": split, "num": n, "steps": steps, "seed": seed, "guidance": guidance or None,
-      "sampler": config.sample.sampler, "mode": config.sample.mode, "builtin_dataset": builtin,
-      "ground_truth": truth.source if builtin else None, "settings": settings, "real_reference": real_ref, "tasks": {}}
+      "sampler": config.sample.sampler, "solver": solver or config.sample.get("solver", "ddim"),
+      "mode": config.sample.mode, "builtin_dataset": builtin,
+      "ground_truth": truth.source if builtin else None, "settings": settings, "real_reference": real_ref,
+      "notes": notes, "tasks": {}}
   for ti, task in enumerate(task_list):
     t0 = time.perf_counter()
     req = run_lib.SampleRequest(task=task, split=split, num=n, steps=steps, guidance=guidance, seed=seed,
-                                previews=int(settings["previews"]))
+                                previews=int(settings["previews"]), solver=solver)
     task_dir = out / "samples" / _task_dir(task)
     manifest = run_lib.sample_task(gen, task, req, task_dir, ids, real)
     _, gen_raw = pipeline.read_clips(task_dir, split, n, names)
@@ -459,13 +594,32 @@ def evaluate(config, workdir: str, *, tasks: str | Sequence[str] = "all", num: i
                               "provenance": dict(prov, **cache_info)}
       else:
         skipped["fvd_i3d"] = skipped["kvd_i3d"] = reason
+    if av_reason is None:
+      metrics["av_align"] = av_align_entry(av_align_scores(gen_raw["video"], gen_raw["audio"], decoder),
+                                           real_ref["av_align"]["value"])
+    else:
+      skipped["av_align"] = av_reason
+    if "audio" in names:
+      aframes = np.flatnonzero(generated_frames(~given[names.index("audio")], lay["audio"].segments))
+      reason = fad_reason
+      if reason is None and len(aframes) == 0:
+        reason = "audio is fully given (nothing generated)"
+      elif reason is None and len(aframes) / decoder.audio_fps < _VGGISH_MIN_SECONDS:
+        reason = (f"only {len(aframes) / decoder.audio_fps:.3f} s of generated audio; VGGish needs >= "
+                  f"{_VGGISH_MIN_SECONDS} s and conditioning frames are excluded")
+      if reason is None:
+        metrics["fad_vggish"] = fad_entry(vggish, real["audio"], gen_raw["audio"], aframes, decoder, settings,
+                                          {"dataset": dkey, "split": split, "num": n})
+      else:
+        skipped["fad_vggish"] = reason
     if builtin:
       for k, v in truth.scores(gen_raw, real, {m: given[mi] for mi, m in enumerate(names)}).items():
         metrics[k] = _mean_entry(v, k, real_ref[k]["value"], truth)
     primary = primary_metric(task, metrics, truth)
     results["tasks"][task] = {"mask": manifest["mask"], "given": manifest["given"], "primary": primary,
                               "metrics": metrics, "skipped": skipped, "samples": str(task_dir),
-                              "seconds": round(time.perf_counter() - t0, 2)}
+                              "seconds": round(time.perf_counter() - t0, 2),
+                              "sampling_seconds": manifest["seconds"]}  # incl. the first batch's compile
     if writer is not None:
       for k, v in metrics.items():
         writer.add_scalar(f"{_task_dir(task)}/{k}", v["value"], gen.step)
@@ -499,8 +653,10 @@ def results_markdown(results: dict[str, Any]) -> str:
     keys += [k for k in t["metrics"] if k not in keys and k != "latent_fd_mean"]
   lines = [f"# Evaluation: checkpoint step {results['checkpoint_step']} of {results['workdir']}", "",
            f"{results['num']} clips of split `{results['split']}` per task, {results['steps']} "
-           f"{results['sampler']} steps, seed {results['seed']}, guidance {results['guidance'] or 'config'}. "
-           "Lower is better everywhere. **Bold** = the task's primary number.", "",
+           f"{results['sampler'] if results.get('solver', 'ddim') == 'ddim' else results['solver']} steps, "
+           f"seed {results['seed']}, guidance {results['guidance'] or 'config'}. "
+           "Lower is better everywhere except `av_align` (higher is better; the real-clip row is its "
+           "ceiling, not a floor). **Bold** = the task's primary number.", "",
            "| task | given | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
   for name, t in tasks.items():
     cells = []
@@ -512,6 +668,8 @@ def results_markdown(results: dict[str, Any]) -> str:
   if results["real_reference"]:
     lines.append("| *real clips (floor)* | | " + " | ".join(
         _fmt(results["real_reference"][k]["value"]) if k in results["real_reference"] else "" for k in keys) + " |")
+  if results.get("notes"):
+    lines += [""] + [f"**Note:** {n}" for n in results["notes"]]
   lines += ["", "Metrics:"]
   seen = {}
   for t in tasks.values():

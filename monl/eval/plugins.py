@@ -1,19 +1,21 @@
-"""Registry of feature extractors whose weights cannot be installed offline (FAD and friends).
+"""Feature extractors whose weights cannot be installed offline (FAD), loaded from a local file.
 
 No PyPI/Debian package ships VGGish, PANNs, CLAP, AudioCLIP, ImageBind or VideoMAE-v2 weights
-(see docs/peers.md B.3-B.5), so each extractor here takes a *local* weights path and fails with a
+(see docs/peers.md B.3-B.5), so an extractor here takes a *local* weights path and fails with a
 `MissingWeightsError` naming the metric, the expected file and where to get it.
 
-Implemented architectures:
+What exists (`available_extractors()`):
 
 * `vggish`: VGGish (Hershey et al. 2017; FAD, Kilgour et al.) in Flax, with the exact log-mel
   front end of `vggish_input.waveform_to_examples` in numpy. Weights are a flat `.npz` (layout in
-  `VGGISH_NPZ_KEYS`), converted once from `vggish_model.ckpt` (TF) or torchvggish's
-  `vggish-10086976.pth`. The embedding is the raw 128-d `fc2` output (no PCA/quantisation), which
-  is what FAD uses.
+  `VGGISH_NPZ_KEYS`, with the transposes a torch checkpoint needs), converted by the user from
+  `vggish_model.ckpt` (TF) or torchvggish's `vggish-10086976.pth` (no converter ships: it would need
+  TensorFlow or torch); keys and shapes are checked on load and the file's sha256 is recorded.
+  The embedding is the raw 128-d `fc2` output (no PCA/quantisation), which is what FAD uses.
+  `monl.eval.evaluate` computes `fad_vggish` with it when `config.eval.vggish_weights` is set.
 
-Registered but not implemented (they raise NotImplementedError once weights exist):
-`panns_cnn14`, `clap`, `audioclip`. Add more with `register_extractor`.
+Not implemented: PANNs Cnn14, LAION-CLAP and AudioCLIP (the FAD variants of some peers, e.g.
+AudioCLIP ×1e4 in MM-Diffusion). Add an extractor with `register_extractor`.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class PluginSpec:
   metric: str
   expected_file: str
   source: str
-  loader: Callable[[pathlib.Path], FeatureExtractor] | None
+  loader: Callable[[pathlib.Path], FeatureExtractor]
 
 
 _REGISTRY: dict[str, PluginSpec] = {}
@@ -75,7 +77,6 @@ def load_extractor(name: str, weights_path: str | os.PathLike[str] | None) -> Fe
   Raises:
     KeyError: unknown name.
     MissingWeightsError: `weights_path` is None or does not exist.
-    NotImplementedError: the plug-in is registered for documentation but has no architecture yet.
   """
   if name not in _REGISTRY:
     raise KeyError(f"unknown feature extractor {name!r}; available: {available_extractors()}")
@@ -85,9 +86,6 @@ def load_extractor(name: str, weights_path: str | os.PathLike[str] | None) -> Fe
     raise MissingWeightsError(
         f"{spec.metric} needs local weights for extractor {name!r}: expected {spec.expected_file}, "
         f"but {got}. Get them from {spec.source}. They cannot be downloaded in this environment.")
-  if spec.loader is None:
-    raise NotImplementedError(f"extractor {name!r} ({spec.metric}) is registered but its "
-                              f"architecture is not implemented yet; weights at {weights_path}")
   return spec.loader(pathlib.Path(weights_path))
 
 
@@ -324,21 +322,3 @@ register_extractor(PluginSpec(
     source=("https://storage.googleapis.com/audioset/vggish_model.ckpt (TF) or torchvggish's "
             "vggish-10086976.pth (github.com/harritaylor/torchvggish releases), converted to npz"),
     loader=VGGishExtractor))
-register_extractor(PluginSpec(
-    name="panns_cnn14",
-    metric="FAD (PANNs Cnn14)",
-    expected_file="Cnn14_16k_mAP=0.438.pth",
-    source="https://zenodo.org/record/3987831 (PANNs, Kong et al.)",
-    loader=None))
-register_extractor(PluginSpec(
-    name="clap",
-    metric="FAD/CLAP score (LAION-CLAP)",
-    expected_file="630k-audioset-best.pt (or another LAION-CLAP checkpoint)",
-    source="https://huggingface.co/lukewys/laion_clap",
-    loader=None))
-register_extractor(PluginSpec(
-    name="audioclip",
-    metric="FAD (AudioCLIP, x1e4 as in MM-Diffusion)",
-    expected_file="AudioCLIP-Full-Training.pt",
-    source="https://github.com/AndreyGuzhov/AudioCLIP/releases/download/v0.1/",
-    loader=None))
