@@ -69,6 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.time_bias_prior = 0.0  # initial cross-modal bias at offset 0 (Gaussian in offset); 0 = zeros
   c.model.prediction = "eps"  # network output: eps (the paper) | v | x0 (see monl.schedule.PREDICTIONS)
   c.model.x0_loss_cap = 5.0  # x0 prediction: per-cell loss weight min(1 + SNR, cap)
+  c.model.x0_skip = 0.0  # x0 prediction: sigma_data of the skip c_skip z_t + c_out F (0 = plain x0)
 
   c.schedule = ml_collections.ConfigDict()
   c.schedule.kind = "linear"  # linear | cosine
@@ -124,6 +125,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.sample = ml_collections.ConfigDict()
   c.sample.sampler = "ddim"  # ddim | ddpm
+  # ddim: the one-step update of `sampler`; dpmpp_2m | dpmpp_3m: DPM-Solver++ multistep ODE solver
+  # (deterministic: needs sampler=ddim, eta=0; ~25 steps instead of 250)
+  c.sample.solver = "ddim"
   c.sample.steps = 50
   c.sample.eta = 0.0  # DDIM eta
   c.sample.guidance = 0.0  # s in (1 + s) eps_cond - s eps_uncond
@@ -144,6 +148,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.kvd_subsets = 100
   c.eval.pooling = "mean_std"  # latent FD pooling: mean_std | flatten
   c.eval.previews = 2  # GIF/WAV previews per task
+  # FAD: a local VGGish .npz (layout monl.eval.plugins.VGGISH_NPZ_KEYS); '' = FAD off (weights are not
+  # downloadable offline). Needs a dataset with an audio decoder (the built-in ones).
+  c.eval.vggish_weights = ""
   return c
 
 

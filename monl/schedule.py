@@ -143,16 +143,42 @@ def prediction_target(schedule: Schedule, prediction: str, z0, eps, t, cell_inde
   return eps_to_v(z0, eps, per_element(schedule.alpha_bar_of(t), cell_index, z0.ndim))
 
 
-def output_to_eps(schedule: Schedule, prediction: str, z_t, out, t, cell_index):
+def x0_skip_coefficients(ab, sigma_data: float):
+  """(c_skip, c_out) of the x0 estimate c_skip · z_t + c_out · F (Karras et al. 2022, in VP form).
+
+  With z_t = α x0 + σ ε (α² = ᾱ): c_skip = σ_d² α / (σ² + α² σ_d²), c_out = σ σ_d / sqrt(σ² + α² σ_d²).
+  σ_d = 0 is plain x0-prediction (c_skip = 0, F = x̂0 up to scale); σ_d = 1 is v-prediction (F = -v).
+  In between, the skip carries what the head cannot express (it is rank-limited: width < token size)
+  at low noise, where the input is nearly clean, and stays off at high noise, where it would pass the
+  noise on. The MMSE-optimal c_skip for the part of x0 the head cannot reach is exactly this one with
+  σ_d² = that part's variance per element (docs/diagnosis.md). Clean cells (ᾱ = 1): x̂0 = z_t."""
+  if sigma_data == 0:
+    return jnp.zeros_like(ab), jnp.ones_like(ab)
+  alpha, sig = jnp.sqrt(ab), jnp.sqrt(jnp.maximum(1.0 - ab, 0.0))
+  denom = sig**2 + ab * sigma_data**2
+  return sigma_data**2 * alpha / denom, sig * sigma_data / jnp.sqrt(denom)
+
+
+def output_to_x0(schedule: Schedule, z_t, out, t, cell_index, sigma_data: float = 0.0):
+  """The x0 estimate of an "x0" network's raw output `out` (`x0_skip_coefficients`; σ_d = 0: `out`)."""
+  if sigma_data == 0:
+    return out
+  c_skip, c_out = x0_skip_coefficients(per_element(schedule.alpha_bar_of(t), cell_index, z_t.ndim), sigma_data)
+  return c_skip * z_t + c_out * out
+
+
+def output_to_eps(schedule: Schedule, prediction: str, z_t, out, t, cell_index, x0_skip: float = 0.0):
   """The noise implied by a `prediction` network's output at noisy `z_t` (what the samplers use).
 
   For x0 the noise of a clean cell (ᾱ = 1) is undefined; it is returned as 0, so that the x0 implied
-  back (`eps_to_x0`, e.g. for self-conditioning) is the clean input itself."""
+  back (`eps_to_x0`, e.g. for self-conditioning) is the clean input itself. `x0_skip`: σ_d of an x0
+  network's skip parameterisation (`output_to_x0`)."""
   if check_prediction(prediction) == "eps":
     return out
   ab = per_element(schedule.alpha_bar_of(t), cell_index, z_t.ndim)
   if prediction == "x0":
-    return jnp.where(ab >= 1.0, 0.0, x0_to_eps(z_t, out, ab))
+    x0 = output_to_x0(schedule, z_t, out, t, cell_index, x0_skip)
+    return jnp.where(ab >= 1.0, 0.0, x0_to_eps(z_t, x0, ab))
   return v_to_eps(z_t, out, ab)
 
 

@@ -115,3 +115,24 @@ def test_x0_loss_weight_is_the_v_weight_capped():
   w = np.asarray(S.x0_loss_weight(sched, t, 5.0))
   np.testing.assert_allclose(w, np.minimum(1 / (1 - ab), 5.0), rtol=1e-5)
   assert w[0] == 5.0 and 1.0 < w[-1] < 1.001  # capped near clean, x0 error itself at pure noise
+
+
+def test_x0_skip_interpolates_between_x0_and_v_prediction():
+  """σ_d = 0 is plain x0, σ_d = 1 is v-prediction with F = -v; any σ_d passes a clean cell through."""
+  sched = S.Schedule.from_betas(S.linear_betas(1000))
+  t = jnp.array([[[0, 10], [500, 1000]]])  # [B=1, M=2, N=2]
+  cell_index = np.array([0, 1, 1, 2, 3])
+  z = jax.random.normal(jax.random.key(0), (1, 5, 3))
+  out = jax.random.normal(jax.random.key(1), (1, 5, 3))
+  ab = S.per_element(sched.alpha_bar_of(t), cell_index, 3)
+  np.testing.assert_array_equal(S.output_to_x0(sched, z, out, t, cell_index, 0.0), out)
+  np.testing.assert_allclose(S.output_to_x0(sched, z, out, t, cell_index, 1.0), S.v_to_x0(z, -out, ab), atol=1e-5)
+  x0 = S.output_to_x0(sched, z, out, t, cell_index, 0.3)
+  np.testing.assert_allclose(x0[:, :1], z[:, :1])  # clean cell: x̂0 = z whatever F is
+  c_skip, c_out = S.x0_skip_coefficients(ab, 0.3)
+  # the skip fades with the noise: nearly all input at t = 10, none of it at t = T
+  assert float(c_skip[0, 1, 0]) > 0.9 and float(c_skip[0, 4, 0]) < 0.01
+  np.testing.assert_allclose(x0, c_skip * z + c_out * out, atol=1e-6)
+  # the sampler's noise is consistent with the x0 estimate
+  eps = S.output_to_eps(sched, "x0", z, out, t, cell_index, 0.3)
+  np.testing.assert_allclose(S.eps_to_x0(z, eps, ab)[:, 1:], x0[:, 1:], atol=1e-4)

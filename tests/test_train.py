@@ -60,30 +60,41 @@ def test_relative_workdir_checkpoints_complete(builtin_dataset, tmp_path, monkey
   assert int(loop.train(config, "rel/run").step) == 4  # resumes from the relative path
 
 
-def test_x0_loss_is_weighted_per_cell_by_the_capped_v_weight(builtin_dataset):
-  """The x0 objective equals the hand-computed weighted squared error; a wrong weighting fails."""
+@pytest.mark.parametrize("skip", [0.0, 0.3])
+def test_x0_loss_is_weighted_per_cell_by_the_capped_v_weight(builtin_dataset, skip):
+  """The x0 objective equals the hand-computed weighted squared error of the x0 estimate (with the
+  skip parameterisation, c_skip z_t + c_out F); a wrong weighting or a missing skip fails."""
   import jax.numpy as jnp
   from monl import mixture
   from monl import schedule as S
   from monl.train import step as step_lib
-  config = tiny_config(builtin_dataset, **{"model.prediction": "x0", "model.x0_loss_cap": 3.0})
+  # width 64: the whole-frame video tokens (1536 values) are larger, the audio tokens (64) are not
+  config = tiny_config(builtin_dataset, **{"model.prediction": "x0", "model.x0_loss_cap": 3.0,
+                                           "model.x0_skip": skip, "model.width": 64})
   model = loop.build_model(config)
   obj = step_lib.Objective.from_config(config, model)
   lay = model.layout
+  skips = dict(obj.x0_skip)
+  # the skip only goes to modalities whose token is larger than the width (here the video)
+  assert skips == {m.name: skip if m.patch_dim > model.cfg.width else 0.0 for m in lay.modalities}
+  assert skip == 0 or 0 < sum(v > 0 for v in skips.values()) < len(skips), (skips, model.cfg.width)
   params = step_lib.unbox(step_lib.init_state(jax.random.key(0), obj, step_lib.make_optimizer(config.train))).params
   rng = np.random.default_rng(0)
   batch = {m.name: jnp.asarray(rng.normal(size=(4,) + m.shape), jnp.float32) for m in lay.modalities}
   key = jax.random.key(3)
   loss, _ = step_lib.loss_and_metrics(params, obj, batch, key)
-  # redo it by hand: the zero-initialised head outputs x0 = 0, so the error is the clean tokens
-  k_t, _, _, _ = jax.random.split(key, 4)
+  # redo it by hand: the zero-initialised head outputs F = 0, so x̂0 = c_skip z_t (0 without the skip)
+  k_t, k_eps, _, _ = jax.random.split(key, 4)
   t, _ = mixture.sample_levels(k_t, 4, lay.num_modalities, lay.num_segments, num_steps=1000,
                                weights=obj.mixture_weights)
   tokens = lay.patchify(batch)
+  eps_keys = jax.random.split(k_eps, lay.num_modalities)
   w = np.asarray(S.x0_loss_weight(obj.schedule, t, 3.0)).reshape(4, -1)
   num = den = 0.0
-  for name, cells in lay.cell_of_token_by_modality().items():
-    sq = np.asarray(jnp.sum(jnp.square(tokens[name]), -1))  # [B, L_m]
+  for k, (name, cells) in zip(eps_keys, lay.cell_of_token_by_modality().items()):
+    z_t = S.add_noise(obj.schedule, tokens[name], jax.random.normal(k, tokens[name].shape), t, cells)
+    c_skip, _ = S.x0_skip_coefficients(S.per_element(obj.schedule.alpha_bar_of(t), cells, 3), skips[name])
+    sq = np.asarray(jnp.sum(jnp.square(c_skip * z_t - tokens[name]), -1))  # [B, L_m]
     num += (sq * w[:, cells]).sum()
     den += tokens[name].size  # every cell is noisy (t >= 1): all elements count
   np.testing.assert_allclose(float(loss), num / den, rtol=1e-5)

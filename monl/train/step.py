@@ -44,6 +44,9 @@ class Objective:
   num_level_buckets: int
   prediction: str = "eps"  # what the network outputs: eps | v | x0 (schedule.PREDICTIONS)
   x0_loss_cap: float = 5.0  # x0 prediction: per-cell loss weight min(1 + SNR, cap)
+  # x0 prediction: σ_d of the skip parameterisation (schedule.output_to_x0) per modality name; only
+  # modalities whose tokens are larger than the width get it (`x0_skip_of`)
+  x0_skip: tuple[tuple[str, float], ...] = ()
   condition_given: tuple[tuple[bool, ...], ...] | None = None  # [M][N] task-specific training mask
 
   @classmethod
@@ -55,6 +58,7 @@ class Objective:
                num_level_buckets=int(config.train.num_level_buckets),
                prediction=schedule_lib.check_prediction(config.model.prediction),
                x0_loss_cap=float(config.model.get("x0_loss_cap", 5.0)),
+               x0_skip=x0_skip_of(float(config.model.get("x0_skip", 0.0)), model.layout, model.cfg.width),
                condition_given=mixture.condition_mask(config.mixture.get("condition_mask", ""), model.layout.names,
                                                       model.layout.num_segments, k=config.sample.continue_segments))
 
@@ -62,8 +66,18 @@ class Objective:
     """{m: [B, L_m, P_m]} the model's noise estimate, whatever its output parameterisation."""
     out = self.model.apply(params, z_t, t, self_cond)
     cells = self.layout.cell_of_token_by_modality()
-    return {m: schedule_lib.output_to_eps(self.schedule, self.prediction, z_t[m], out[m], t, cells[m])
-            for m in out}
+    skip = dict(self.x0_skip)
+    return {m: schedule_lib.output_to_eps(self.schedule, self.prediction, z_t[m], out[m], t, cells[m],
+                                          skip.get(m, 0.0)) for m in out}
+
+
+def x0_skip_of(sigma_data: float, lay: layout_lib.Layout, width: int) -> tuple[tuple[str, float], ...]:
+  """((name, σ_d), ...): the skip goes to the modalities whose token is larger than the model width.
+
+  Their linear head can only output x0 tokens in a `width`-dimensional subspace (whole-frame video
+  tokens: 1536 values from 128 features), which leaves ringing and faded objects without a skip; a
+  token no larger than the width is expressed exactly, and a skip would only pass noise on."""
+  return tuple((m.name, sigma_data if m.patch_dim > width else 0.0) for m in lay.modalities)
 
 
 def make_optimizer(train_cfg) -> optax.GradientTransformation:
@@ -131,6 +145,9 @@ def loss_and_metrics(params, obj: Objective, batch, key: jax.Array):
     self_cond = jax.lax.cond(jax.random.bernoulli(k_flip, obj.self_cond_rate), estimate, zeros)
 
   pred = obj.model.apply(params, z_t, t, self_cond)
+  if obj.prediction == "x0":  # the loss is on the x0 estimate, whatever its parameterisation
+    skip = dict(obj.x0_skip)
+    pred = {m: schedule_lib.output_to_x0(obj.schedule, z_t[m], pred[m], t, cells[m], skip[m]) for m in lay.names}
   target = {m: schedule_lib.prediction_target(obj.schedule, obj.prediction, tokens[m], eps[m], t, cells[m])
             for m in lay.names}
   cell_sq = per_cell_squared_error(obj, pred, target)  # [B, C]
