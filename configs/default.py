@@ -56,8 +56,9 @@ def get_config(arg: str | None = None):
   config.schedule.kind = "linear"
   config.schedule.num_steps = 1000
 
-  # ~28 steps/s on 2 cores: ~7 min. 8k steps: joint av / traj 0.024 / 0.072, continue traj 0.035.
-  config.train.num_steps = 12000
+  # 22-28 steps/s on 2 cores (the same machine varies): 6-7.5 min. With the skip, 12k steps took the
+  # quickstart to 10m18s on a slow day for joint / continue trajectory 0.055 / 0.020 (README).
+  config.train.num_steps = 10000
   config.train.lr = 2e-3  # vs 1e-3 at 8k steps: joint / continue trajectory error 0.083 / 0.040 -> 0.072 / 0.035
   config.train.warmup_steps = 400
   config.train.weight_decay = 0.01
