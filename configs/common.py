@@ -4,6 +4,7 @@ Config files (`default.py`, `avdit_paper.py`, ...) start from `base_config()` an
 Variants after the colon (`configs/default.py:strategy=pm,clean_prob=0.1`) go through `apply_variant`.
 """
 import ml_collections
+from ml_collections import config_dict
 
 # Mixture-of-noise-levels presets: weights over (vanilla, per_modality, per_segment, per_cell).
 # `per_cell` is the paper's "per time-segment and modality" strategy.
@@ -38,17 +39,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic.seed = 0
   c.data.synthetic.num_shards = 4
 
-  # Latent layout: per modality its per-example shape (time axis first), patch and segment lengths.
+  # Latent layout. What the data fixes (modality names and order, per-example shapes with the time axis
+  # first, segment lengths) is taken from the dataset's dataset.json when left unset (None / ()); a
+  # value set here must agree with the data. The patch per non-channel axis is the model's choice:
+  # unset, the default rule of monl.data.infer_layout (the finest patch with at most `tokens_per_cell`
+  # tokens in every (modality, segment) cell). `python -m monl.main data` prints the result.
   c.layout = ml_collections.ConfigDict()
-  c.layout.modalities = ("video", "audio")
-  c.layout.video = ml_collections.ConfigDict()
-  c.layout.video.shape = (16, 16, 16, 3)
-  c.layout.video.patch = (2, 4, 4)
-  c.layout.video.segments = (4, 4, 4, 4)
-  c.layout.audio = ml_collections.ConfigDict()
-  c.layout.audio.shape = (64, 16)
-  c.layout.audio.patch = (4,)
-  c.layout.audio.segments = (16, 16, 16, 16)
+  c.layout.modalities = ()  # () = the dataset's
+  c.layout.tokens_per_cell = 4  # bound of the default patch rule
+  for name in ("video", "audio"):  # the usual names, so that flags can set them; other names work too
+    c.layout[name] = ml_collections.ConfigDict()
+    c.layout[name].shape = config_dict.placeholder(tuple)  # [T, ..., C]
+    c.layout[name].patch = config_dict.placeholder(tuple)  # one size per non-channel axis, 0 = whole axis
+    c.layout[name].segments = config_dict.placeholder(tuple)  # frames per segment, summing to T
 
   c.model = ml_collections.ConfigDict()
   c.model.width = 128

@@ -14,18 +14,13 @@ def get_config(arg: str | None = None):
   config.data.builtin_dir = "~/.cache/monl/synthetic_v1"
   config.data.batch_size = 16  # global batch
 
-  # Latent layout of the built-in data: video [T, H, W, C], audio [T, F] log-spectrogram frames.
-  # N = 4 time segments of 0.5 s each. For other data change shape and segments only.
-  config.layout.modalities = ("video", "audio")
-  config.layout.video.shape = (16, 16, 16, 3)
+  # Latent layout: shapes and segments come from the data (built-in: video [16, 16, 16, 3], audio
+  # [64, 16] log-spectrogram frames, N = 4 segments of 0.5 s); the patches are this recipe's choice.
   # One token per two WHOLE frames (patch 0 = the whole axis): with 4x4-pixel patches the model did not
   # learn to use the other modality at all in 2k steps (docs/diagnosis.md); whole-frame tokens make the
   # cross-modal read-out one attention hop and a step ~6x cheaper (24 tokens instead of 144).
   config.layout.video.patch = (2, 0, 0)
-  config.layout.video.segments = (4, 4, 4, 4)
-  config.layout.audio.shape = (64, 16)
   config.layout.audio.patch = (4,)
-  config.layout.audio.segments = (16, 16, 16, 16)
 
   config.model.width = 128
   config.model.depth = 4

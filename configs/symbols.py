@@ -19,12 +19,7 @@ def get_config(arg: str | None = None):
   config.data.builtin = "symbols"
   config.data.builtin_dir = "~/.cache/monl/symbols_v1"
 
-  # Layout of the symbols data: video [20, 16, 16, 3] (5 segments x 4 frames), audio [80, 16]
-  # log-spectrogram frames (5 segments x 16 frames); N = 5 segments of 0.5 s each. The patches are the
-  # default config's (video (2, 0, 0): two whole frames per token; audio 4 frames).
-  config.layout.modalities = ("video", "audio")
-  config.layout.video.shape = (20, 16, 16, 3)
-  config.layout.video.segments = (4, 4, 4, 4, 4)
-  config.layout.audio.shape = (80, 16)
-  config.layout.audio.segments = (16,) * 5
+  # The layout comes from the data: video [20, 16, 16, 3] (5 segments x 4 frames), audio [80, 16]
+  # (5 segments x 16 frames); N = 5 segments of 0.5 s each. The patches are the default config's
+  # (video (2, 0, 0): two whole frames per token; audio 4 frames).
   return config

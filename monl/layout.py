@@ -148,12 +148,22 @@ class Layout:
 
   @classmethod
   def from_config(cls, layout_config) -> "Layout":
-    """Builds from `config.layout` (`modalities` tuple + one group per modality)."""
+    """Builds from a complete `config.layout` (`modalities` tuple + one group per modality).
+
+    A config that leaves fields to the data (see `monl.data.infer_layout`) is completed first by
+    `monl.train.loop.with_data_layout(config)`, as every command does."""
+    incomplete = ("config.layout leaves {} unset (to be taken from the data): complete it with "
+                  "monl.train.loop.with_data_layout(config) first")
+    if not layout_config.modalities:
+      raise LayoutError(incomplete.format("modalities"))
     mods = []
     for name in layout_config.modalities:
       if name not in layout_config:
         raise LayoutError(f"config.layout.modalities names {name!r}, but config.layout.{name} is missing")
       group = layout_config[name]
+      unset = [k for k in ("shape", "patch", "segments") if group.get(k) is None]
+      if unset:
+        raise LayoutError(incomplete.format(", ".join(f"{name}.{k}" for k in unset)))
       mods.append(ModalityLayout(name, tuple(group.shape), tuple(group.patch), tuple(group.segments)))
     return cls(tuple(mods))
 

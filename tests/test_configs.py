@@ -9,6 +9,7 @@ from configs import common
 from monl import layout as L
 from monl import mixture
 from monl.models import avdit
+from monl.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(f for f in glob.glob(os.path.join(ROOT, "configs", "*.py"))
@@ -26,7 +27,7 @@ def _load(path):
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_config_loads(path, variant):
-  config = _load(path).get_config(variant)
+  config = loop.with_data_layout(_load(path).get_config(variant))  # built-in data: no data read
   lay = L.Layout.from_config(config.layout)
   avdit.AVDiTConfig.from_config(config.model)
   mixture.validate_weights(config.mixture.weights)

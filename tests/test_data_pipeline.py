@@ -177,7 +177,8 @@ def test_check_layout(data):
   from configs import default
   ds_dir, _ = data
   spec = fmt.load_spec(ds_dir)
-  config = default.get_config()
+  from monl.train import loop
+  config = loop.with_data_layout(default.get_config())
   pipeline.check_layout(spec, pipeline.layout_from_config(config.layout), where=str(ds_dir))
   with pytest.raises(fmt.DatasetError, match=r"'video' has shape \[16, 16, 16, 3\] in the dataset but \[16, 32, 32, 3\] in the config"):
     pipeline.check_layout(spec, {"video": ((16, 32, 32, 3), (4,) * 4), "audio": ((64, 16), (16,) * 4)}, "ds")

@@ -12,6 +12,7 @@ from monl.data import format as fmt
 from monl.data import pipeline
 from monl.data import symbols as sym
 from monl.data import synthetic as syn
+from monl.train import loop
 from monl.sample import preview
 from monl.sample import tasks as tasks_lib
 
@@ -37,7 +38,7 @@ def _render(symbols_video, symbols_audio, meta, seed=0):
 
 def test_clip_matches_symbols_config(clips):
   video, audio, _, _ = clips
-  layout = symbols_config.get_config().layout
+  layout = loop.with_data_layout(symbols_config.get_config()).layout  # from builtin_modalities
   assert video.shape[1:] == tuple(layout.video.shape) == (20, 16, 16, 3) and video.dtype == np.float32
   assert audio.shape[1:] == tuple(layout.audio.shape) == (80, 16) and audio.dtype == np.float32
   assert sym.VIDEO_SEGMENTS == tuple(layout.video.segments)
@@ -185,7 +186,7 @@ def test_contact_sheet_and_previews_take_the_symbols_layout(clips, tmp_path):
 def test_ensure_builtin_dataset(tmp_path, capsys):
   out = sym.ensure_builtin_dataset(tmp_path / "sym", num_train=16, num_test=8, seed=0, num_shards=2)
   spec = fmt.load_spec(out)
-  pipeline.check_layout(spec, pipeline.layout_from_config(symbols_config.get_config().layout), str(out))
+  pipeline.check_layout(spec, pipeline.layout_from_config(loop.with_data_layout(symbols_config.get_config()).layout), str(out))
   assert spec.produced_by["generator"] == sym.generator_params(16, 8, 0, 2)
   assert spec.produced_by["generator"]["name"] == "monl.data.symbols"
   assert spec.modality("audio").seconds_per_segment == (0.5,) * 5

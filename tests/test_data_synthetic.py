@@ -9,6 +9,7 @@ from configs import default
 from monl.data import format as fmt
 from monl.data import pipeline
 from monl.data import synthetic as syn
+from monl.train import loop
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def clips():
 
 def test_clip_matches_default_config(clips):
   video, audio, _ = clips
-  layout = default.get_config().layout
+  layout = loop.with_data_layout(default.get_config()).layout  # from builtin_modalities, not the data
   assert video.shape[1:] == tuple(layout.video.shape) and video.dtype == np.float32
   assert audio.shape[1:] == tuple(layout.audio.shape) and audio.dtype == np.float32
   assert syn.VIDEO_SEGMENTS == tuple(layout.video.segments)
@@ -92,7 +93,7 @@ def test_decoders(clips, tmp_path):
 def test_ensure_builtin_dataset(tmp_path, capsys):
   out = syn.ensure_builtin_dataset(tmp_path / "syn", num_train=6, num_test=2, seed=0, num_shards=2)
   spec = fmt.load_spec(out)
-  pipeline.check_layout(spec, pipeline.layout_from_config(default.get_config().layout), str(out))
+  pipeline.check_layout(spec, pipeline.layout_from_config(loop.with_data_layout(default.get_config()).layout), str(out))
   assert spec.produced_by["generator"] == syn.generator_params(6, 2, 0, 2)
   assert spec.modality("video").seconds_per_segment == (0.5,) * 4
   stamp = (out / "dataset.json").stat().mtime

@@ -90,7 +90,7 @@ def test_objective_with_condition_mask_trains_only_the_generated_cells():
   from conftest import tiny_config
   from monl.train import loop
   from monl.train import step as step_lib
-  c = tiny_config("/nonexistent", **{"mixture.condition_mask": "a2v"})
+  c = tiny_config("", **{"mixture.condition_mask": "a2v"})
   model = loop.build_model(c)
   obj = step_lib.Objective.from_config(c, model)
   assert obj.condition_given == ((False,) * 4, (True,) * 4)

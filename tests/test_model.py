@@ -9,6 +9,7 @@ import pytest
 from configs import default
 from monl import layout as L
 from monl.models import avdit, layers
+from monl.train import loop
 
 
 def _setup(**model_overrides):
@@ -16,7 +17,7 @@ def _setup(**model_overrides):
   c.model.width, c.model.depth, c.model.num_heads = 32, 2, 2
   for k, v in model_overrides.items():
     c.model[k] = v
-  lay = L.Layout.from_config(c.layout)
+  lay = L.Layout.from_config(loop.with_data_layout(c).layout)
   return avdit.AVDiT(avdit.AVDiTConfig.from_config(c.model), lay), lay
 
 

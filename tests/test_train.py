@@ -5,6 +5,7 @@ import pytest
 
 from conftest import tiny_config
 from monl.data import format as data_format
+from monl import layout as layout_lib
 from monl.train import loop
 
 
@@ -46,7 +47,8 @@ def test_resume_is_exact(builtin_dataset, tmp_path):
 
 def test_config_dataset_mismatch_names_both_shapes(builtin_dataset, tmp_path):
   config = tiny_config(builtin_dataset, **{"layout.audio.shape": (64, 8)})
-  with pytest.raises(data_format.DatasetError, match=r"'audio' has shape \[64, 16\] in the dataset but \[64, 8\]"):
+  with pytest.raises(layout_lib.LayoutError,
+                     match=r"config.layout.audio.shape is \[64, 8\], but modality 'audio' of .*dataset.json has shape \[64, 16\]"):
     loop.train(config, str(tmp_path))
 
 

@@ -127,6 +127,13 @@ def ensure_dataset(dataset_dir: fmt.PathLike, want: Mapping[str, Any],
   return out
 
 
+def builtin_modalities(data_config: Any) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+  """{name: (shape, segments)} of the built-in dataset `data.builtin`, known without building it."""
+  mod = module(getattr(data_config, "builtin", DEFAULT) or DEFAULT)
+  return {"video": (tuple(mod.VIDEO_SHAPE), tuple(mod.VIDEO_SEGMENTS)),
+          "audio": (tuple(mod.AUDIO_SHAPE), tuple(mod.AUDIO_SEGMENTS))}
+
+
 def resolve_data_dir(data_config: Any) -> epath.Path:
   """`config.data` → the dataset directory: `data.dir`, or the built-in dataset `data.builtin`
   (default `DEFAULT`) under `data.builtin_dir` when `data.dir` is '', sized by `data.synthetic`."""

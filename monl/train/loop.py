@@ -21,6 +21,7 @@ from etils import epath
 from monl import layout as layout_lib
 from monl import validate
 from monl.data import format as data_format
+from monl.data import infer_layout
 from monl.data import pipeline
 from monl.models import avdit
 from monl.parallel import checks
@@ -51,7 +52,8 @@ class Preempted(Exception):
 
 
 def build_model(config) -> avdit.AVDiT:
-  lay = layout_lib.Layout.from_config(config.layout)
+  """The model of `config` (its layout completed from the data where unset, see `with_data_layout`)."""
+  lay = layout_lib.Layout.from_config(with_data_layout(config, quiet=True).layout)
   return avdit.AVDiT(avdit.AVDiTConfig.from_config(config.model), lay)
 
 
@@ -69,6 +71,25 @@ def resolve_data_dir(config) -> str:
     synthetic.resolve_data_dir(config.data)
   multihost_utils.sync_global_devices("monl: built-in dataset ready")
   return str(synthetic.resolve_data_dir(config.data))
+
+
+def with_data_layout(config, *, quiet: bool = False):
+  """`config` with its layout completed from the dataset it reads (`monl.data.infer_layout`): names,
+  shapes and segments from dataset.json, unset patches by the default rule. A config whose layout is
+  fully set is returned as it is, without reading any data. Prints what was inferred (process 0)."""
+  if infer_layout.is_complete(config.layout):
+    return config
+  if config.data.dir:
+    data = infer_layout.data_modalities(data_format.load_spec(config.data.dir))
+    where = f"{config.data.dir}/{data_format.SPEC_FILE}"
+  else:  # the built-in dataset's shapes are known without building it (check_data verifies the copy)
+    from monl.data import builtin
+    data = builtin.builtin_modalities(config.data)
+    where = f"the built-in dataset {config.data.get('builtin') or builtin.DEFAULT!r}"
+  config, notes = infer_layout.complete(config, data, where=where)
+  if notes and not quiet and jax.process_index() == 0:
+    print("layout from the data: " + "; ".join(notes), flush=True)
+  return config
 
 
 def check_data(config, data_dir: str, lay: layout_lib.Layout) -> data_format.DatasetSpec:
@@ -173,6 +194,7 @@ def train(config, workdir: str, stop_at: int | None = None,
   field that differs from the config that checkpoint was trained with.
   """
   validate.check_config(config)  # before any data is read or anything is compiled
+  config = with_data_layout(config)
   if stop_at is not None:
     validate.check_number("stop_at", stop_at, low=1, what="step to stop at")
   if resume_from_step is not None:
