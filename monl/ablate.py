@@ -205,6 +205,25 @@ def plan_runs(config, out_dir: epath.Path, rows: Sequence[str], seeds: int, task
   return runs
 
 
+def _same_base_config(config, out_dir: epath.Path):
+  """Records the shared config as OUT/config.json; a rerun whose config differs (outside the mesh and
+  dist groups, which only place the same computation) is refused naming the fields, since its rows
+  would mix two recipes. Returns `config`."""
+  from monl import run_config
+  from monl.train import config_history
+  plain = config_history.to_plain(config)
+  if run_config.path(out_dir).exists():
+    old = config_history.to_plain(run_config.load(out_dir))
+    changes = [(k, a, b) for k, a, b in config_history.diff(old, plain)
+               if k.split(".")[0] not in ("mesh", "dist") and not (a is None and b is None)]
+    if changes:
+      raise ValueError(f"{out_dir} holds an ablation of another config ({run_config.path(out_dir)}):\n"
+                       + config_history.format_diff(changes, before="ablation", now="now")
+                       + "\nOmit --config to continue it with its own, or use another --out.")
+  run_config.path(out_dir).write_text(config.to_json_best_effort(indent=2))
+  return config
+
+
 def run_ablation(config, out: str, *, budget: float = 1.0, rows: Sequence[str] = DEFAULT_ROWS, seeds: int = 1,
                  tasks: str = "all", conditional_tasks: str = "paper", i3d: bool = False,
                  train_steps: int | None = None, num: int | None = None, steps: int | None = None,
@@ -232,6 +251,7 @@ def run_ablation(config, out: str, *, budget: float = 1.0, rows: Sequence[str] =
       raise ValueError(f"{out_dir} holds an ablation with other settings {old}; this one is {settings}. "
                        "Use another --out (or delete the old one).")
   settings_file.write_text(json.dumps(settings, indent=2))
+  config = _same_base_config(loop.with_data_layout(config), out_dir)
 
   names = list(layout_lib.Layout.from_config(config.layout).names)
   task_list = eval_lib.parse_tasks(tasks, names)
@@ -544,7 +564,8 @@ def ablation_chart(table: dict[str, Any], path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
   p = argparse.ArgumentParser(prog="python -m monl.ablate", description=__doc__.split("\n")[0])
-  p.add_argument("--config", required=True, help="config file, e.g. configs/default.py")
+  p.add_argument("--config", default=None, help="config file, e.g. configs/default.py (default: OUT/config.json "
+                 "of the ablation being continued)")
   p.add_argument("--out", required=True, help="output directory (OUT/<row>/seed<k>/)")
   p.add_argument("--budget", type=float, default=1.0, help="scales train steps (2000) and eval clips (64)")
   p.add_argument("--seeds", type=int, default=1, help="training seeds per model, 0..K-1 (use >= 3)")
@@ -567,7 +588,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.error(f"--rows: unknown rows {unknown}; rows are {list(ROWS)}")
   if a.seeds < 1:
     p.error(f"--seeds={a.seeds}: need at least 1")
-  table = run_ablation(load_config(a.config), a.out, budget=a.budget, rows=rows, seeds=a.seeds, tasks=a.tasks,
+  from monl import run_config
+  if a.config is None and not run_config.path(a.out).exists():
+    p.error(f"--config is required: {a.out} holds no ablation yet ({run_config.path(a.out)} is missing)")
+  config = load_config(a.config) if a.config else run_config.load(a.out)
+  table = run_ablation(config, a.out, budget=a.budget, rows=rows, seeds=a.seeds, tasks=a.tasks,
                        conditional_tasks=a.conditional_tasks, i3d=a.i3d, train_steps=a.train_steps, num=a.num,
                        steps=a.steps, seed=a.seed)
   print(ablation_markdown(table))

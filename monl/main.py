@@ -3,13 +3,18 @@
   python -m monl.main train  --config configs/default.py --workdir /tmp/monl [--config.train.lr=3e-4]
       [--resume_from_step N]   # resume from checkpoint N (e.g. the latest is damaged) instead of the latest
   python -m monl.main params --config configs/avdit_paper.py
-  python -m monl.main data   --config configs/default.py      # build/describe the configured dataset
+  python -m monl.main data   --input DIR [--config FILE]      # a dataset's spec, splits and the model's layout
+  python -m monl.main data   --config configs/default.py      # the same for the configured (built-in) dataset
   python -m monl.main sample --config configs/default.py --workdir /tmp/monl --task a2v \
       [--input DIR --split test --num 16 --steps 50 --guidance 1.5 --seed 0] --output DIR
   python -m monl.main plan   --config configs/avdit_paper.py --topology v5e:16x16 [--json]
   python -m monl.main evaluate --config configs/default.py --workdir /tmp/monl --tasks all --num 256 \
       --steps 50 [--seed 0 --guidance 1.5 --output DIR]   # results.json/.md/.png (monl.eval.evaluate)
   sample / evaluate: --solver dpmpp_2m --steps 25   # DPM-Solver++ instead of DDIM (config.sample.solver)
+
+train (resuming), sample and evaluate take WORKDIR/config.json as the config when --config is omitted
+(`--config.*` flags still apply on top); a config that changes what the checkpoints depend on (layout,
+model, schedule) is refused, naming the fields (monl.run_config).
 
 train exits with status 42 (monl.train.loop.PREEMPTED_EXIT_CODE) after a SIGTERM-triggered checkpoint.
 """
@@ -135,12 +140,28 @@ def _cmd_params(config) -> None:
 
 
 def _cmd_data(config) -> None:
+  from monl import layout as layout_lib
   from monl.data import format as data_format
+  from monl.data import infer_layout
   from monl.train import loop
-  data_dir = loop.resolve_data_dir(config)
+  if FLAGS.input:
+    with config.unlocked():
+      config.data.dir = FLAGS.input
+  data_dir = loop.resolve_data_dir(config)  # builds the built-in dataset on first use
   spec = data_format.load_spec(data_dir)
   print(f"dataset: {data_dir}")
   print(json.dumps(data_format.spec_to_json(spec), indent=2))
+  print("splits: " + ", ".join(f"{name} {s.num_examples} clips in {s.num_shards} shard(s)"
+                               for name, s in spec.splits.items()))
+  resolved, notes = infer_layout.complete(config, infer_layout.data_modalities(spec),
+                                          where=f"{data_dir}/{data_format.SPEC_FILE}")
+  lay = layout_lib.Layout.from_config(resolved.layout)
+  loop.check_data(resolved, data_dir, lay)
+  source = f"--config {config_flags.get_config_filename(FLAGS['config'])}" if FLAGS.config else "the base config"
+  print(f"layout the model would use ({source}):")
+  print(infer_layout.describe(lay))
+  for note in notes:
+    print(f"  from the data / the default rule: {note}")
 
 
 def _cmd_evaluate(config) -> None:
@@ -174,22 +195,74 @@ def _check_numbers(command: str, config) -> None:
     validate.check_number("--resume_from_step", FLAGS.resume_from_step, low=1, what="checkpoint step")
 
 
+RUN_COMMANDS = ("train", "sample", "evaluate")  # commands whose --workdir may supply the config
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+  """The value of --name / --name=value in a raw argv (the last one wins, as absl does)."""
+  value = None
+  for i, arg in enumerate(argv):
+    if arg == f"--{name}" and i + 1 < len(argv):
+      value = argv[i + 1]
+    elif arg.startswith(f"--{name}="):
+      value = arg.split("=", 1)[1]
+  return value
+
+
+def with_run_config(argv: list[str]) -> list[str]:
+  """argv with `--config monl/run_config.py:WORKDIR` added when a run command omits --config and
+  WORKDIR/config.json exists, so that `--config.*` flags apply on top of the run's own config."""
+  from monl import run_config
+  command = next((a for a in argv[1:] if not a.startswith("-")), None)
+  if command not in RUN_COMMANDS or _flag_value(argv, "config") is not None:
+    return argv
+  workdir = _flag_value(argv, "workdir")
+  if not workdir or not run_config.path(workdir).exists():
+    return argv
+  return [argv[0], f"--config={run_config.__file__}:{workdir}", *argv[1:]]
+
+
+def _check_run(command: str, config) -> None:
+  """Completes the layout from the data (a contradiction raises LayoutError) and, for a run command on
+  a run with checkpoints, refuses a config that changes what they depend on
+  (monl.run_config.check_compatible). Quiet and touching no JAX backend: `train` must still be able to
+  initialise jax.distributed, and completes (and reports) the layout itself."""
+  from monl import run_config
+  from monl.train import loop
+  if command in ("train", "sample", "evaluate", "params", "plan"):
+    config = loop.with_data_layout(config, quiet=True)
+  if command in RUN_COMMANDS and FLAGS.workdir:
+    run_config.check_compatible(config, FLAGS.workdir, command)
+
+
 def main(argv) -> int | None:
   if not FLAGS["verbosity"].present:  # Orbax and Grain log every save at INFO; keep the console readable
     logging.set_verbosity(logging.WARNING)
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f"usage: python -m monl.main {{{'|'.join(COMMANDS)}}} --config FILE [flags]")
-  if FLAGS.config is None:
-    raise app.UsageError("--config is required")
-  from monl import validate
+  command, config = argv[1], FLAGS.config
+  if config is None:
+    if command == "data" and FLAGS.input:
+      from configs import common
+      config = common.base_config()
+    elif command in RUN_COMMANDS and FLAGS.workdir:
+      raise app.UsageError(f"--config is required: {FLAGS.workdir} has no config.json (not a monl run yet)")
+    else:
+      raise app.UsageError("--config is required" + (" (or --input DIR)" if command == "data" else ""))
+  from monl import layout as layout_lib
+  from monl import run_config, validate
+  from monl.data import format as data_format
   try:
-    _check_numbers(argv[1], FLAGS.config)
-  except validate.ConfigError as e:  # a bad number: say which, exit 2 before anything is built
-    print(f"monl {argv[1]}: {e}", file=sys.stderr, flush=True)
+    _check_numbers(command, config)
+    _check_run(command, config)
+  except (validate.ConfigError, run_config.RunConfigError, layout_lib.LayoutError, data_format.DatasetError) as e:
+    # a bad number, a layout that contradicts the data, a change the checkpoints cannot take: say
+    # which and exit 2 before anything is built
+    print(f"monl {command}: {e}", file=sys.stderr, flush=True)
     return 2
   return {"train": _cmd_train, "params": _cmd_params, "data": _cmd_data,
-          "sample": _cmd_sample, "plan": _cmd_plan, "evaluate": _cmd_evaluate}[argv[1]](FLAGS.config)
+          "sample": _cmd_sample, "plan": _cmd_plan, "evaluate": _cmd_evaluate}[command](config)
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  sys.exit(app.run(main, argv=with_run_config(sys.argv)))

@@ -92,6 +92,7 @@ class Generator:
     from monl import validate
     from monl.train import loop
     validate.check_config(config)
+    config = loop.with_data_layout(config)
     self.config = config
     self.model = loop.build_model(config)
     self.layout = self.model.layout
