@@ -100,16 +100,33 @@ def test_state_restore_orbax(data, tmp_path):
 
 
 @pytest.mark.parametrize("shard_count", [2, 3])
-def test_process_shards_disjoint_and_covering(data, shard_count):
+def test_process_shards_disjoint_equal_and_covering(data, shard_count):
   ds_dir, _ = data
+  one = _ids(pipeline.make_dataset(ds_dir, "train", batch_size=1, seed=2, num_epochs=1))
   shards = [_ids(pipeline.make_dataset(ds_dir, "train", batch_size=1, seed=2, num_epochs=1,
                                        shard_index=i, shard_count=shard_count))
             for i in range(shard_count)]
   flat = [s for shard in shards for s in shard]
-  assert len(flat) == len(set(flat)) == N_TRAIN
-  assert max(map(len, shards)) - min(map(len, shards)) <= 1
+  assert len(set(map(len, shards))) == 1  # every process runs the same number of steps
+  # the 20 examples less the last incomplete round of shard_count batches (20 // 3 * 3 = 18)
+  assert len(flat) == len(set(flat)) == N_TRAIN // shard_count * shard_count
+  assert set(flat) == set(one[:len(flat)])
   with pytest.raises(fmt.DatasetError, match=r"shard_index 3 must be in \[0, shard_count=3\)"):
     pipeline.make_dataset(ds_dir, "train", batch_size=1, seed=2, shard_index=3, shard_count=3)
+
+
+def test_global_batches_do_not_depend_on_the_process_count(data):
+  """Step k's global batch (process 0's rows, then process 1's, ...) is the same for 1, 2 and 4
+  processes, across epoch boundaries (20 examples, global batch 8: the third batch spans two epochs)."""
+  ds_dir, _ = data
+  steps, global_batch = 7, 8
+  def global_ids(count):
+    its = [iter(pipeline.make_dataset(ds_dir, "train", batch_size=global_batch // count, seed=4,
+                                      shard_index=i, shard_count=count)) for i in range(count)]
+    return [[sid for it in parts for sid in it["source_id"]] for parts in zip(*[_take(it, steps) for it in its])]
+  one = global_ids(1)
+  assert len({sid for batch in one[:2] for sid in batch}) == 16  # distinct within an epoch
+  assert global_ids(2) == one and global_ids(4) == one
 
 
 def test_worker_processes_give_the_same_batches(data):

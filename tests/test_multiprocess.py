@@ -20,26 +20,43 @@ from monl.train import step as step_lib
 STEPS = 4
 
 
-def test_two_processes_match_one(builtin_dataset, tmp_path):
+def _launch(n, command, timeout=450):
+  cmd = [sys.executable, os.path.join(ROOT, "launch", "local_multiprocess.py"), "-n", str(n),
+         "--timeout_s", str(timeout - 50), "--"] + command
+  proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+  assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+  return proc
+
+
+def _one_process_batches(data_dir, config, steps):
+  """The global batches (source ids and arrays) of a one-process pipeline of the config's batch."""
+  it = iter(pipeline.make_dataset(data_dir, "train", batch_size=config.data.batch_size,
+                                  seed=config.data.shuffle_seed))
+  return [next(it) for _ in range(steps)]
+
+
+def _global_ids(work, processes):
+  """step -> the global batch's source ids (process 0's rows, then process 1's, ...)."""
+  seen = [read_batches(work / f"batches.p{i}.jsonl") for i in range(processes)]
+  return {s: [sid for p in seen for sid in p[s]] for s in seen[0]}
+
+
+def test_two_processes_match_one_and_resume_on_one(builtin_dataset, tmp_path):
   work = tmp_path / "mp"
   # dcn_data=2: the hybrid (multi-slice) mesh, with each process as one slice.
   overrides = {"train.num_steps": STEPS, "ckpt.every": STEPS, "train.log_every": 1,
                "train.record_batches": True, "mesh.dcn_data": 2}
-  cmd = [sys.executable, os.path.join(ROOT, "launch", "local_multiprocess.py"), "-n", "2",
-         "--timeout_s", "400", "--"] + train_command(builtin_dataset, str(work), **overrides)
-  proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=450)
-  assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+  proc = _launch(2, train_command(builtin_dataset, str(work), **overrides))
   assert "[p0] process 0/2" in proc.stdout and "[p1] process 1/2" in proc.stdout
   assert "'data': 2" in proc.stdout  # the mesh spans both processes
 
-  # Data shards: disjoint per step, and each process saw its pipeline shard.
-  seen = [read_batches(work / f"batches.p{i}.jsonl") for i in range(2)]
-  for s in range(STEPS):
-    assert not set(seen[0][s]) & set(seen[1][s]), s
-  # Reference: one process, one device, the same global batches (process 0 rows, then process 1 rows).
+  # The global batches are the one-process pipeline's: the data order does not depend on the count.
   config = tiny_config(builtin_dataset, **{"train.num_steps": STEPS})
-  its = [iter(pipeline.make_dataset(builtin_dataset, "train", batch_size=4, seed=config.data.shuffle_seed,
-                                    shard_index=i, shard_count=2)) for i in range(2)]
+  reference = _one_process_batches(builtin_dataset, config, STEPS + 2)
+  ids = _global_ids(work, 2)
+  assert [ids[s] for s in range(STEPS)] == [list(b["source_id"]) for b in reference[:STEPS]]
+
+  # The same steps on one process and one device reach the same parameters.
   model = loop.build_model(config)
   obj = step_lib.Objective.from_config(config, model)
   tx = step_lib.make_optimizer(config.train)
@@ -47,15 +64,41 @@ def test_two_processes_match_one(builtin_dataset, tmp_path):
   rules = rules_lib.get_rules(config.mesh.rules)
   factory = loop.StateFactory(config, obj, tx, mesh, rules)
   step_fn = loop.make_step_fn(config, obj, tx, factory, mesh, rules)
+  states = []
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state = factory.init()
-    for s in range(STEPS):
-      parts = [next(it) for it in its]
-      assert [list(p["source_id"]) for p in parts] == [seen[0][s], seen[1][s]]
-      batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "source_id"}
+    for batch in reference:
+      batch = {k: v for k, v in batch.items() if k != "source_id"}
       state, _ = step_fn(state, sharding.global_batch(batch, mesh, rules), loop.base_key(config))
-  ck = ckpt_lib.Checkpointer(work / "checkpoints", async_save=False)
-  restored = ck.restore(STEPS, factory.abstract)
-  ck.close()
-  for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(jax.device_get(restored.params))):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+      states.append(jax.device_get(state.params))
+
+  def assert_params(step):
+    ck = ckpt_lib.Checkpointer(work / "checkpoints", async_save=False)
+    restored = ck.restore(step, factory.abstract)
+    ck.close()
+    for a, b in zip(jax.tree.leaves(states[step - 1]), jax.tree.leaves(jax.device_get(restored.params))):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+  assert_params(STEPS)
+  # Resumed on ONE process (a smaller slice): the data continues where the two processes left it.
+  cmd = train_command(builtin_dataset, str(work), **dict(overrides, **{"train.num_steps": STEPS + 2,
+                                                                       "ckpt.every": 2, "mesh.dcn_data": 1}))
+  proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+  assert f"checkpoint {STEPS}: data position {{'next_index': {STEPS}}} saved by 2 process(es), continued on 1" \
+      in proc.stdout, proc.stdout
+  after = read_batches(work / "batches.p0.jsonl")
+  assert [after[s] for s in (STEPS, STEPS + 1)] == [list(b["source_id"]) for b in reference[STEPS:]]
+  assert_params(STEPS + 2)
+
+
+def test_four_processes_see_the_one_process_batches(builtin_dataset, tmp_path):
+  work = tmp_path / "mp4"
+  steps = 2
+  proc = _launch(4, train_command(builtin_dataset, str(work), **{
+      "train.num_steps": steps, "ckpt.every": steps, "train.log_every": 1, "train.record_batches": True}))
+  assert "[p3] process 3/4" in proc.stdout
+  config = tiny_config(builtin_dataset)
+  ids = _global_ids(work, 4)
+  assert [ids[s] for s in range(steps)] == [list(b["source_id"]) for b in
+                                           _one_process_batches(builtin_dataset, config, steps)]

@@ -1,20 +1,23 @@
 """Grain input pipeline: a monl dataset split → per-process batches of normalised float32 latents.
 
     source (ArrayRecord shards, or a TFDS data source) → decode + validate + normalise (lazy, per index)
-      → .seed(seed).shuffle() → .repeat(num_epochs) → [shard_index::shard_count]
-      → .batch(batch_size, drop_remainder=True) → .to_iter_dataset(ReadOptions) [→ .mp_prefetch]
+      → .seed(seed).shuffle() → .repeat(num_epochs) → .batch(batch_size, drop_remainder=True)
+      → [shard_index::shard_count] → .to_iter_dataset(ReadOptions) [→ .mp_prefetch]
 
 Each element: `{name: np.float32 [B, *shape] normalised, "source_id": np.ndarray of str [B]}`, where
 B is the PER-PROCESS batch size (the global batch divided by the number of processes).
 
 Decoding is attached to the source with its record index (`map_with_index`) so that an error names the
 record; a MapDataset is lazy, so this costs the same as decoding after shuffling. Every process shuffles
-with the same seed and then takes every `shard_count`-th element of the shared order, so the processes'
-shards are disjoint and together cover every example of every epoch; each epoch is reshuffled. With a
-finite `num_epochs` the shards may differ by one example, and hence by one batch.
+with the same seed, cuts the shared order into batches of `batch_size` and takes every
+`shard_count`-th batch: step g's global batch is elements [g*G, (g+1)*G) of the shared order, process
+p's rows being its p-th slice of B. The shards are disjoint, together cover every example of every
+epoch (each epoch reshuffled), and the global batch sequence is the same for 1, 2 or 4 processes
+reading it, so a run may resume on another number of hosts and see the same data in the same order.
 
 Iterator state (`it.get_state()` / `it.set_state()`, or Orbax with `grain.checkpoint.CheckpointSave` /
-`CheckpointRestore`) is an element position: restoring it gives the same following batches.
+`CheckpointRestore`) is a batch position, the same on every process: restoring it gives the same
+following batches, also on another number of processes (`monl.train.checkpoint` does this).
 """
 from __future__ import annotations
 
@@ -100,9 +103,12 @@ def _build(source: Any, decode: Callable[[int, Any], dict[str, Any]], *, batch_s
   if shuffle:
     ds = ds.seed(seed).shuffle()
   ds = ds.repeat(num_epochs)  # reseeds the shuffle every epoch
-  if shard_count > 1:
-    ds = ds[shard_index::shard_count]
+  # Batch, then shard: global batch g is elements [g*G, (g+1)*G) of the shared order (G = batch_size *
+  # shard_count) and process p holds its rows [p*B, (p+1)*B), so the global batch sequence does not
+  # depend on the number of processes. The cut gives every process the same number of batches.
   ds = ds.batch(batch_size, drop_remainder=True)
+  if shard_count > 1:
+    ds = ds[:len(ds) // shard_count * shard_count][shard_index::shard_count]
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
   if worker_count > 0:
     _absl_flags_parsed()

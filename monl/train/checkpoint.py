@@ -177,8 +177,11 @@ class Checkpointer:
     else:
       self._check_fits(step, record, abstract_state)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
+    position = None  # the data position saved by another number of processes
     if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+      position = self._position_from_other_process_count(step)
+      if position is None:
+        items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # re-raised naming the checkpoint: the caller must not start from scratch
@@ -192,7 +195,36 @@ class Checkpointer:
     state = restored["state"]
     if record is not None:
       self._verify_checksums(step, record, state)
+    if position is not None:
+      data_iterator.set_state(position)
+      data_iterator.start_prefetch()  # as Grain's own restore does
     return state
+
+  def _position_from_other_process_count(self, step: int) -> dict | None:
+    """The data-iterator state of checkpoint `step` when it was saved by another number of processes
+    (None when this process's own file is there). Every process of the pipeline is at the same batch
+    position and the global batch order does not depend on the process count (monl.data.pipeline),
+    so that one position continues the same data sequence on any count."""
+    d = self.step_dir(step) / "data"
+    index, count = jax.process_index(), jax.process_count()
+    if (d / f"process_{index}-of-{count}.json").exists():
+      return None
+    files = sorted(d.glob("process_*-of-*.json"))
+    if not files:
+      raise CheckpointCorruptError(f"checkpoint {step} is damaged: {d} holds no data-iterator position "
+                                   f"(process_*-of-*.json)", step, str(d))
+    states = {f.name: json.loads(f.read_text()) for f in files}
+    distinct = {json.dumps(v, sort_keys=True) for v in states.values()}
+    if len(distinct) != 1 or set(next(iter(states.values()))) != {"next_index"}:
+      raise CheckpointError(
+          f"checkpoint {step} was saved by another number of processes ({', '.join(states)} in {d}), "
+          f"with data positions {list(states.values())}: only one plain batch position shared by every "
+          f"process (config.data.worker_count = 0) carries over to {count} process(es); resume on the "
+          f"same number of processes")
+    if index == 0:
+      print(f"checkpoint {step}: data position {states[files[0].name]} saved by "
+            f"{files[0].name.split('-of-')[1].split('.')[0]} process(es), continued on {count}", flush=True)
+    return json.loads(distinct.pop())
 
   def _check_files(self, step: int, *, with_data: bool) -> dict | None:
     """Checks the files Orbax and Grain read first; returns the monl record (None: none written)."""
