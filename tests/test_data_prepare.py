@@ -90,15 +90,17 @@ def _write_bad_inputs(root):
   }
   for name, (arrays, _) in bad.items():
     np.savez(root / "train" / name, **arrays)
-  (root / "test" / "unreadable.npz").write_bytes(b"this is not a zip file")
+  (root / "test" / "text.npz").write_bytes(b"this is not a zip file")
+  (root / "test" / "damaged.npz").write_bytes(b"PK\x03\x04 and then nothing a zip needs")
   reasons = {name: pattern for name, (_, pattern) in bad.items()}
-  reasons["unreadable.npz"] = r"unreadable"
+  reasons["text.npz"] = r"is not an \.npz archive \(a zip of \.npy arrays\): it starts with b'this is not a zi'"
+  reasons["damaged.npz"] = r"unreadable \(BadZipFile"
   return reasons
 
 
 def test_every_bad_file_reported_and_nothing_written(tmp_path):
   reasons = _write_bad_inputs(tmp_path / "in")
-  with pytest.raises(prepare.BadInputsError, match=r"8 of 16 input files are bad") as e:
+  with pytest.raises(prepare.BadInputsError, match=r"9 of 17 input files are bad") as e:
     prepare.prepare(tmp_path / "in", tmp_path / "out", num_segments=2, progress=False)
   problems = {p.rsplit("/", 1)[-1]: r for p, r in e.value.problems}
   assert set(problems) == set(reasons)
@@ -113,21 +115,21 @@ def test_cli_refuses_then_skip_bad(tmp_path, capsys):
           "--no_progress"]
   assert prepare.main(args) == 2
   err = capsys.readouterr().err
-  assert "refusing to write" in err and err.count(".npz: ") == 8
+  assert "refusing to write" in err and err.count(".npz: ") == 9
   assert not (tmp_path / "out").exists()
   assert prepare.main(args + ["--skip_bad", "--num_shards", "2"]) == 0
   err = capsys.readouterr().err
-  assert "--skip_bad: skipped 8 bad files of 16" in err
+  assert "--skip_bad: skipped 9 bad files of 17" in err
   spec = fmt.load_spec(tmp_path / "out")
   assert spec.splits["train"].num_examples == 6 and spec.splits["test"].num_examples == 2
-  assert spec.produced_by["skipped_bad"]["count"] == 8
+  assert spec.produced_by["skipped_bad"]["count"] == 9
   assert spec.produced_by["command"].startswith("python -m monl.data.prepare --input")
 
 
 def test_refuses_to_overwrite(tmp_path):
   _write_inputs(tmp_path / "in")
   prepare.prepare(tmp_path / "in", tmp_path / "out", num_segments=2, progress=False)
-  with pytest.raises(fmt.DatasetError, match=r"already exists and is not empty; pass --overwrite"):
+  with pytest.raises(fmt.DatasetError, match=r"a monl dataset is already there; pass --overwrite"):
     prepare.prepare(tmp_path / "in", tmp_path / "out", num_segments=2, progress=False)
   spec = prepare.prepare(tmp_path / "in", tmp_path / "out", num_segments=4, num_shards=1, overwrite=True,
                          progress=False)
@@ -178,3 +180,49 @@ def test_input_errors(tmp_path):
     prepare.prepare(tmp_path / "in", tmp_path / "out", progress=False)
   with pytest.raises(fmt.DatasetError, match=r"--segments 'video=1,x': values must be ints"):
     prepare.parse_named_lists(["video=1,x"], int, "--segments")
+
+
+def test_overwrite_replaces_only_a_dataset_and_the_output_is_checked_first(tmp_path, monkeypatch):
+  _write_inputs(tmp_path / "in")
+  notes = tmp_path / "notes"
+  notes.mkdir()
+  (notes / "notes.txt").write_text("keep me")
+  read = []
+  monkeypatch.setattr(prepare, "find_split_files", lambda d: read.append(d) or {})
+  with pytest.raises(fmt.DatasetError, match=r"holds 1 entries \(notes.txt\) and no dataset.json, so it is "
+                                             r"not a monl dataset; --overwrite replaces only"):
+    prepare.prepare(tmp_path / "in", notes, num_segments=2, overwrite=True, progress=False)
+  assert (notes / "notes.txt").read_text() == "keep me"
+  afile = tmp_path / "afile"
+  afile.write_text("x")
+  with pytest.raises(fmt.DatasetError, match=r"--output .*afile: is a file, not a directory"):
+    prepare.prepare(tmp_path / "in", afile, num_segments=2, overwrite=True, progress=False)
+  with pytest.raises(fmt.DatasetError, match=r"--output .*afile/sub: .*afile is a file, not a directory"):
+    prepare.prepare(tmp_path / "in", afile / "sub", num_segments=2, progress=False)
+  assert read == []  # refused before any input was read
+  assert afile.read_text() == "x"
+
+
+def test_one_huge_finite_value_is_reported_not_normalised_away(tmp_path):
+  _write_inputs(tmp_path / "in", n_train=40)
+  with np.load(tmp_path / "in" / "train" / "c07.npz") as z:
+    clip = {k: z[k].copy() for k in z.files}
+  clip["audio"][3, 2] = 3e38
+  np.savez(tmp_path / "in" / "train" / "c07.npz", **clip)
+  with pytest.raises(prepare.BadInputsError, match=r"1 of 42 input files are bad") as e:
+    prepare.prepare(tmp_path / "in", tmp_path / "out", num_segments=2, progress=False)
+  (path, reason), = e.value.problems
+  assert path.endswith("train/c07.npz")
+  assert re.match(r"key 'audio' channel 2 holds 3e\+38, [0-9.e+]+ robust scales from the channel's median", reason)
+  spec = prepare.prepare(tmp_path / "in", tmp_path / "out", num_segments=2, skip_bad=True, progress=False)
+  np.testing.assert_allclose(spec.modality("audio").std, 2.0, rtol=0.2)  # the data's std, not ~1e37
+  # heavy tails are not outliers: Student-t (3 degrees of freedom) values in every clip pass
+  rng = np.random.default_rng(1)
+  for i in range(40):
+    np.savez(tmp_path / "in" / "train" / f"c{i:02d}.npz", video=rng.uniform(0, 1, VIDEO).astype(np.float32),
+             audio=rng.standard_t(3, AUDIO).astype(np.float32))
+  prepare.prepare(tmp_path / "in", tmp_path / "t3", num_segments=2, progress=False)
+  # a limit inside the data's own tails is refused as a whole, not clip by clip
+  with pytest.raises(fmt.DatasetError, match=r"at least 32 clips hold values more than 0.5 robust scales .* pass a "
+                                             r"larger --outlier_k"):
+    prepare.prepare(tmp_path / "in", tmp_path / "k", num_segments=2, outlier_k=0.5, progress=False)

@@ -40,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgpack
@@ -320,6 +320,57 @@ def decode_record(raw: bytes, spec: DatasetSpec, where: str = "record") -> dict[
                          f"{dt.itemsize * math.prod(shape)} for {m.dtype} {list(shape)}")
     out[m.name] = np.frombuffer(data, dtype=dt).reshape(shape).astype(m.dtype, copy=False)
   return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# input clips (.npz)
+
+
+def not_npz_reason(head: bytes) -> str | None:
+  """Why a file whose first bytes are `head` is not an .npz archive (a zip of .npy arrays), or None.
+
+  np.load would read anything else as a pickle and fail with a misleading 'pickled data' message."""
+  if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+    return None
+  if not head:
+    return "is empty, not an .npz archive"
+  if head.startswith(b"\x93NUMPY"):
+    return "is a single .npy array, not an .npz archive of named arrays (write it with np.savez)"
+  return f"is not an .npz archive (a zip of .npy arrays): it starts with {head[:16]!r}"
+
+
+class NpzError(DatasetError):
+  """An .npz clip that is not an npz archive or lacks a key; `reason` is the message less the path."""
+
+  def __init__(self, path: PathLike, reason: str):
+    super().__init__(f"{path}: {reason}")
+    self.reason = reason
+
+
+def npz_keys(f) -> list[str]:
+  """The array names of the open binary .npz file `f`; raises NpzError for any other kind of file."""
+  why = not_npz_reason(f.read(16))
+  f.seek(0)
+  if why:
+    raise NpzError(getattr(f, "name", "file"), why)
+  with np.load(f, allow_pickle=False) as z:
+    return list(z.files)
+
+
+def load_npz(path: PathLike, names: Sequence[str]) -> dict[str, np.ndarray]:
+  """The arrays `names` of the .npz clip at `path`. Raises NpzError naming the file for a file that
+  is not an npz archive or lacks a key; a damaged archive raises numpy's / zipfile's own error."""
+  path = epath.Path(path)
+  with path.open("rb") as f:
+    why = not_npz_reason(f.read(16))
+    if why:
+      raise NpzError(path, why)
+    f.seek(0)
+    with np.load(f, allow_pickle=False) as z:
+      missing = [m for m in names if m not in z.files]
+      if missing:
+        raise NpzError(path, f"missing key(s) {missing} (has {sorted(z.files)})")
+      return {m: np.asarray(z[m]) for m in names}
 
 
 # ----------------------------------------------------------------------------------------------------

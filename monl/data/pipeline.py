@@ -178,11 +178,8 @@ def read_clips(path: fmt.PathLike, split: str, num: int, names: Sequence[str]) -
     raise fmt.DatasetError(f"{path}: neither a monl dataset ({fmt.SPEC_FILE}) nor a directory of .npz clips")
   ids, arrays = [], {m: [] for m in names}
   for f in files[:num]:
-    with f.open("rb") as fh, np.load(fh, allow_pickle=False) as z:
-      missing = [m for m in names if m not in z.files]
-      if missing:
-        raise fmt.DatasetError(f"{f}: missing modality arrays {missing} (has {sorted(z.files)})")
-      for m in names:
-        arrays[m].append(np.asarray(z[m]))
+    clip = fmt.load_npz(f, names)
+    for m in names:
+      arrays[m].append(clip[m])
     ids.append(f.name)
   return ids, {m: np.stack(v) for m, v in arrays.items()}

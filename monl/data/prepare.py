@@ -23,8 +23,11 @@ for every modality, and every modality must end up with the same number of segme
 
 Validation: EVERY file is checked before anything is written: unreadable, missing a modality key,
 non-float dtype (or a float dtype other than the first good file's, unless `--dtype` casts explicitly),
-rank < 2, rank or shape different from the first good file's, NaN/Inf. By default any bad file makes
-prepare refuse (exit 2, every problem printed); `--skip_bad` drops them and prints the count.
+rank < 2, rank or shape different from the first good file's, NaN/Inf, and a finite value more than
+`--outlier_k` (1000) robust scales from its channel's median over all clips (one 3e38 would otherwise
+set the channel's std to ~1e37 and normalise every clip to a constant; 0 turns the check off). By
+default any bad file makes prepare refuse (exit 2, every problem printed); `--skip_bad` drops them and
+prints the count.
 
 Statistics: per-channel (last axis) mean/std from up to `--stats_max_examples` good files of
 `--stats_split`, evenly spaced over its sorted files, accumulated in float64. A constant channel gets
@@ -33,8 +36,9 @@ std 1.0 (so it normalises to 0), with a warning and a note in `produced_by.stats
 Atomic write: shards and then `dataset.json` go into `OUTPUT.tmp-<random>`, which is renamed to
 OUTPUT only when complete (on local disks a rename is atomic; on gs:// it is a copy, but `dataset.json`
 is still written last, so a partial copy never has one). A failed prepare removes its temp directory; a
-killed one leaves only `OUTPUT.tmp-*`, which has no `dataset.json`. An existing non-empty OUTPUT is
-refused unless `--overwrite`.
+killed one leaves only `OUTPUT.tmp-*`, which has no `dataset.json`. The output is checked before any
+input is read: an existing monl dataset (a directory with `dataset.json`) is replaced only with
+`--overwrite`; any other non-empty directory, or a file, is refused (nothing else is ever deleted).
 """
 from __future__ import annotations
 
@@ -141,11 +145,9 @@ class _Bad(Exception):
 def _load_npz(path: epath.Path, modalities: Sequence[str]) -> dict[str, np.ndarray]:
   """The modality arrays of one npz file; raises _Bad(reason) for anything intrinsically wrong."""
   try:
-    with path.open("rb") as f, np.load(f, allow_pickle=False) as z:
-      missing = [m for m in modalities if m not in z.files]
-      if missing:
-        raise _Bad(f"missing key(s) {missing} (has {sorted(z.files)})")
-      arrays = {m: z[m] for m in modalities}
+    arrays = fmt.load_npz(path, modalities)
+  except fmt.NpzError as e:
+    raise _Bad(e.reason) from e
   except _READ_ERRORS as e:
     raise _Bad(f"unreadable ({type(e).__name__}: {e})") from e
   for m, x in arrays.items():
@@ -184,21 +186,26 @@ def _check_against(arrays: Mapping[str, np.ndarray], ref: _Reference, cast: np.d
 def _first_keys(splits: Mapping[str, list[epath.Path]]) -> list[str]:
   path = next(iter(splits.values()))[0]
   try:
-    with path.open("rb") as f, np.load(f, allow_pickle=False) as z:
-      return list(z.files)
+    with path.open("rb") as f:
+      return fmt.npz_keys(f)
+  except fmt.NpzError as e:
+    raise fmt.DatasetError(f"{path}: {e.reason}; the modality list comes from the first file unless "
+                           f"--modalities is given") from e
   except _READ_ERRORS as e:
     raise fmt.DatasetError(f"{path}: unreadable ({type(e).__name__}: {e}); the modality list comes from "
                            f"the first file unless --modalities is given") from e
 
 
 def validate_inputs(splits: Mapping[str, list[epath.Path]], modalities: Sequence[str],
-                    cast: np.dtype | None = None, progress: bool = True
+                    cast: np.dtype | None = None, progress: bool = True, outlier_k: float = 1000.0
                     ) -> tuple[_Reference, dict[str, list[epath.Path]], list[tuple[str, str]]]:
-  """Checks every file. Returns (reference shapes/dtypes, good files per split, [(file, reason)])."""
+  """Checks every file (and, unless `outlier_k` is 0, every value against its channel's robust range:
+  `_OutlierScan`). Returns (reference shapes/dtypes, good files per split, [(file, reason)])."""
   ref: _Reference | None = None
-  good: dict[str, list[epath.Path]] = {s: [] for s in splits}
+  good: list[tuple[str, epath.Path]] = []
   bad: list[tuple[str, str]] = []
   total = sum(len(v) for v in splits.values())
+  scan = _OutlierScan(total, outlier_k) if outlier_k > 0 else None
   with tqdm(total=total, desc="validate", unit="file", disable=not progress) as bar:
     for split, files in splits.items():
       for path in files:
@@ -212,10 +219,79 @@ def validate_inputs(splits: Mapping[str, list[epath.Path]], modalities: Sequence
         except _Bad as e:
           bad.append((str(path), str(e)))
           continue
-        good[split].append(path)
+        if scan is not None:
+          scan.add(len(good), arrays)
+        good.append((split, path))
   if ref is None:
     raise BadInputsError(_problem_report(bad, total) + "\nno file is good: nothing to prepare", bad)
-  return ref, good, bad
+  outliers = scan.outliers() if scan is not None else {}
+  bad += [(str(good[i][1]), reason) for i, reason in sorted(outliers.items())]
+  by_split: dict[str, list[epath.Path]] = {s: [] for s in splits}
+  for i, (split, path) in enumerate(good):
+    if i not in outliers:
+      by_split[split].append(path)
+  return ref, by_split, bad
+
+
+class _OutlierScan:
+  """Finds clips whose extreme values would dominate a channel's normalisation statistics.
+
+  Per modality and channel it keeps a thin sample of values from every clip, for a robust centre
+  (median) and scale (the larger of 1.4826 MAD and the std of the central 99.8%), and the `keep` most
+  extreme values at each end with their clips. A value more than `k` robust scales from the centre
+  is an outlier: for well-behaved data that never happens (k = 1000 is far beyond any Gaussian or
+  heavy-tailed latent tail), while a single 3e38 in one clip would otherwise set that channel's std
+  to ~1e37 and normalise every clip's channel to a constant."""
+
+  def __init__(self, num_files: int, k: float, keep: int = 32, sample_rows: int = 8192):
+    self.k, self.keep = k, keep
+    self.rows_per_file = max(1, sample_rows // max(num_files, 1))
+    self.file_stride = max(1, -(-num_files // sample_rows))
+    self.samples: dict[str, list[np.ndarray]] = {}
+    self.hi: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name -> (values [keep, C], files [keep, C])
+    self.lo: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+  def add(self, index: int, arrays: Mapping[str, np.ndarray]) -> None:
+    for m, x in arrays.items():
+      rows = x.reshape(-1, x.shape[-1])
+      if index % self.file_stride == 0:
+        pick = np.random.default_rng(index).choice(len(rows), min(self.rows_per_file, len(rows)), replace=False)
+        self.samples.setdefault(m, []).append(rows[pick].astype(np.float64))
+      for ends, value in ((self.hi, rows.max(axis=0)), (self.lo, -rows.min(axis=0))):
+        file = np.full(value.shape, index)
+        if m in ends:
+          value, file = np.vstack([ends[m][0], value[None]]), np.vstack([ends[m][1], file[None]])
+        else:
+          value, file = value[None].astype(np.float64), file[None]
+        order = np.argsort(-value, axis=0, kind="stable")[:self.keep]
+        ends[m] = (np.take_along_axis(value, order, 0), np.take_along_axis(file, order, 0))
+
+  def outliers(self) -> dict[int, str]:
+    """{file index: reason} of every clip holding an outlier (the first one found per clip)."""
+    found: dict[int, str] = {}
+    for m in self.samples:
+      sample = np.concatenate(self.samples[m])
+      centre = np.median(sample, axis=0)
+      mad = 1.4826 * np.median(np.abs(sample - centre), axis=0)
+      lo_q, hi_q = np.quantile(sample, [0.001, 0.999], axis=0)
+      central = np.where((sample >= lo_q) & (sample <= hi_q), sample, np.nan)
+      scale = np.maximum(mad, np.nan_to_num(np.nanstd(central, axis=0)))
+      for sign, (values, files) in ((1, self.hi[m]), (-1, self.lo[m])):
+        dev = values - centre if sign > 0 else values + centre  # lo holds -min
+        for c in np.flatnonzero(scale > 0):
+          bad = np.flatnonzero(dev[:, c] > self.k * scale[c])
+          if len(bad) == len(values) and len(values) == self.keep:
+            raise fmt.DatasetError(
+                f"key {m!r} channel {c}: at least {self.keep} clips hold values more than {self.k:g} robust "
+                f"scales ({scale[c]:.3g}) from the channel's median {centre[c]:.3g}: these are the data's "
+                f"tails, not a few bad clips; pass a larger --outlier_k (or 0 to turn the check off)")
+          for j in bad:
+            v = sign * values[j, c]
+            found.setdefault(int(files[j, c]), (
+                f"key {m!r} channel {c} holds {v:.6g}, {dev[j, c] / scale[c]:.3g} robust scales from the "
+                f"channel's median {centre[c]:.6g} over the clips (robust scale {scale[c]:.3g}, limit "
+                f"--outlier_k={self.k:g}); it would dominate the channel's normalisation std"))
+    return found
 
 
 def _problem_report(bad: list[tuple[str, str]], total: int) -> str:
@@ -293,6 +369,31 @@ def _commit(tmp: epath.Path, out: epath.Path) -> None:
     _remove_tree(old)
 
 
+def _check_output(out: epath.Path, overwrite: bool) -> None:
+  """Refuses an output that is a file, lies under a file, or is a non-empty directory, unless it is a
+  monl dataset (has its dataset.json) and `overwrite`: nothing else is ever deleted."""
+  parent = out
+  while not parent.exists() and parent != parent.parent:
+    parent = parent.parent
+  if parent != out and not parent.is_dir():
+    raise fmt.DatasetError(f"--output {out}: {parent} is a file, not a directory")
+  if not out.exists():
+    return
+  if not out.is_dir():
+    raise fmt.DatasetError(f"--output {out}: is a file, not a directory")
+  contents = sorted(p.name for p in out.iterdir())
+  if not contents:
+    return
+  if not (out / fmt.SPEC_FILE).exists():
+    shown = ", ".join(contents[:5]) + (", ..." if len(contents) > 5 else "")
+    raise fmt.DatasetError(f"--output {out}: holds {len(contents)} entries ({shown}) and no {fmt.SPEC_FILE}, "
+                           f"so it is not a monl dataset; --overwrite replaces only a monl dataset or "
+                           f"an empty directory: choose another --output")
+  if not overwrite:
+    raise fmt.DatasetError(f"--output {out}: a monl dataset is already there; pass --overwrite to "
+                           f"replace it")
+
+
 def prepare(input_dir: epath.PathLike, output_dir: epath.PathLike, *,
             modalities: Sequence[str] | None = None,
             segments: Mapping[str, Sequence[int]] | None = None,
@@ -303,6 +404,7 @@ def prepare(input_dir: epath.PathLike, output_dir: epath.PathLike, *,
             stats_max_examples: int = 1000,
             dtype: str | None = None,
             skip_bad: bool = False,
+            outlier_k: float = 1000.0,
             overwrite: bool = False,
             produced_by: Mapping[str, Any] | None = None,
             progress: bool = True) -> fmt.DatasetSpec:
@@ -315,9 +417,7 @@ def prepare(input_dir: epath.PathLike, output_dir: epath.PathLike, *,
   input_dir, out = epath.Path(input_dir), epath.Path(output_dir)
   if num_shards < 1:
     raise fmt.DatasetError(f"--num_shards is {num_shards}, expected >= 1")
-  if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-    raise fmt.DatasetError(f"--output {out}: already exists and is not empty; pass --overwrite to "
-                           f"replace it")
+  _check_output(out, overwrite)  # before any input is read
   splits = find_split_files(input_dir)
   if stats_split not in splits:
     raise fmt.DatasetError(f"--stats_split {stats_split!r}: not among the input splits {sorted(splits)} "
@@ -336,7 +436,7 @@ def prepare(input_dir: epath.PathLike, output_dir: epath.PathLike, *,
   if cast is not None and cast.kind != "f":
     raise fmt.DatasetError(f"--dtype {dtype}: expected a float dtype")
 
-  ref, good, bad = validate_inputs(splits, modalities, cast, progress)
+  ref, good, bad = validate_inputs(splits, modalities, cast, progress, outlier_k)
   total = sum(len(v) for v in splits.values())
   if bad and not skip_bad:
     raise BadInputsError(_problem_report(bad, total) + "\nrefusing to write; fix them or pass --skip_bad",
@@ -463,6 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--stats_max_examples", type=int, default=1000, help="files used for statistics (0 = all)")
   p.add_argument("--dtype", help="cast every modality to this float dtype (default: keep the files')")
   p.add_argument("--skip_bad", action="store_true", help="skip bad input files instead of refusing")
+  p.add_argument("--outlier_k", type=float, default=1000.0,
+                 help="a value this many robust scales from its channel's median makes its file bad (0 = off)")
   p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
   p.add_argument("--no_progress", action="store_true", help="no progress bars")
   return p
@@ -491,7 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seconds_per_segment=_parse_seconds(args.seconds_per_segment),
         num_shards=args.num_shards, stats_split=args.stats_split,
         stats_max_examples=args.stats_max_examples, dtype=args.dtype, skip_bad=args.skip_bad,
-        overwrite=args.overwrite, progress=not args.no_progress,
+        outlier_k=args.outlier_k, overwrite=args.overwrite, progress=not args.no_progress,
         produced_by={"command": "python -m monl.data.prepare " + shlex.join(argv)})
   except fmt.DatasetError as e:
     print(f"prepare: error: {e}", file=sys.stderr)
