@@ -5,6 +5,8 @@
   python -m monl.main params --config configs/avdit_paper.py
   python -m monl.main data   --input DIR [--config FILE]      # a dataset's spec, splits and the model's layout
   python -m monl.main data   --config configs/default.py      # the same for the configured (built-in) dataset
+  python -m monl.main data   --verify DIR                     # read every record of every shard, list bad ones
+  python -m monl.main check  --workdir RUN                    # verify a run: config, checkpoints, its data
   python -m monl.main sample --config configs/default.py --workdir /tmp/monl --task a2v \
       [--input DIR --split test --num 16 --steps 50 --guidance 1.5 --seed 0] --output DIR
   python -m monl.main plan   --config configs/avdit_paper.py --topology v5e:16x16 [--json]
@@ -26,7 +28,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "params", "data", "sample", "plan", "evaluate")
+COMMANDS = ("train", "params", "data", "sample", "plan", "evaluate", "check")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/default.py[:strategy=pm].",
@@ -56,6 +58,9 @@ flags.DEFINE_integer("previews", 4, "Clips per task written as GIF/WAV (built-in
 flags.DEFINE_string("output", None, "Output directory for sample (default WORKDIR/samples).")
 # evaluate (also uses --num, --steps, --seed, --guidance, --output)
 flags.DEFINE_string("tasks", None, "evaluate: 'all', 'paper' or comma-separated tasks (default config.eval.tasks).")
+# data
+flags.DEFINE_string("verify", "", "data: read and decode every record of every shard of this dataset "
+                    "directory and list the bad ones (exit status 1 if any).")
 # plan
 flags.DEFINE_string("topology", "v5e:16x16", "TPU topology to plan for, e.g. v5e:16x16, v5p:4x4x4.")
 flags.DEFINE_bool("json", False, "plan: print JSON instead of a table.")
@@ -137,6 +142,25 @@ def _cmd_params(config) -> None:
   n = avdit.count_params(avdit.AVDiTConfig.from_config(config.model), lay)
   print(json.dumps({"parameters": n, "tokens": lay.num_tokens, "cells": lay.num_cells,
                     "tokens_per_modality": {m.name: m.num_tokens for m in lay.modalities}}, indent=2))
+
+
+def _cmd_verify() -> int:
+  from monl.data import shards
+  read, bad = shards.verify(FLAGS.verify)
+  for where, reason in bad:
+    print(f"BAD {where}: {reason}")
+  print(f"{FLAGS.verify}: read {read} records; " + (f"{len(bad)} problem(s)" if bad else "all good"))
+  return 1 if bad else 0
+
+
+def _cmd_check() -> int:
+  from monl import check
+  print(f"checking {FLAGS.workdir}")
+  problems = check.check(FLAGS.workdir)
+  for p in problems:
+    print(f"PROBLEM {p}")
+  print(f"{FLAGS.workdir}: " + (f"{len(problems)} problem(s)" if problems else "all good"))
+  return 1 if problems else 0
 
 
 def _cmd_data(config) -> None:
@@ -241,6 +265,12 @@ def main(argv) -> int | None:
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f"usage: python -m monl.main {{{'|'.join(COMMANDS)}}} --config FILE [flags]")
   command, config = argv[1], FLAGS.config
+  if command == "data" and FLAGS.verify:
+    return _cmd_verify()
+  if command == "check":
+    if not FLAGS.workdir:
+      raise app.UsageError("check needs --workdir RUN")
+    return _cmd_check()
   if config is None:
     if command == "data" and FLAGS.input:
       from configs import common

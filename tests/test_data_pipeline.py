@@ -1,4 +1,5 @@
 """Tests of the Grain pipeline: round trip, order, resumable state (incl. Orbax), shards, errors."""
+import re
 import json
 
 import grain
@@ -170,7 +171,8 @@ def test_corrupt_record_and_shape_mismatch(data, tmp_path):
   _rewrite_shard(paths[0], [b"\x00not msgpack"] * 2)
   for p in paths[1:]:
     _rewrite_shard(p, [b"\x00not msgpack"] * ((n - 2) // (len(paths) - 1)))
-  with pytest.raises(fmt.DatasetError, match=r"split 'test' record \d+: not a valid msgpack record"):
+  with pytest.raises(fmt.DatasetError, match=r"test-0000\d-of-0000\d.array_record record \d+ \(source_id|"
+                                             r"test-0000\d-of-0000\d.array_record record \d+: not a valid msgpack record"):
     next(iter(pipeline.make_dataset(broken, "test", batch_size=2, seed=0, num_epochs=1)))
 
   # dataset.json says audio is [64, 8]; the records hold [64, 16].
@@ -188,6 +190,35 @@ def test_corrupt_record_and_shape_mismatch(data, tmp_path):
   (bad / "dataset.json").write_text(json.dumps(d))
   with pytest.raises(fmt.DatasetError, match=rf"shards hold {n} records, but dataset\.json lists num_examples={n + 1}"):
     pipeline.make_dataset(bad, "test", batch_size=2, seed=0)
+
+
+def _damage(path, how):
+  data = bytearray(path.read_bytes())
+  if how == "truncated":
+    data = data[:len(data) // 2]
+  elif how == "flipped":
+    data[len(data) // 3] ^= 0xFF
+  elif how == "tiny":
+    data = b"x" * 1000
+  path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped", "tiny"])
+def test_damaged_shard_is_named_by_train_reads_sample_reads_and_verify(data, tmp_path, how):
+  """ArrayRecord's own messages name no file; every read path here names the shard (and the record)."""
+  from monl.data import shards
+  ds_dir, _ = data
+  broken = _copy(epath.Path(ds_dir), tmp_path / "ds")
+  shard = fmt.shard_paths(broken, "train")[1]
+  _damage(shard, how)
+  with pytest.raises(fmt.DatasetError, match=re.escape(str(shard))):
+    list(pipeline.make_dataset(broken, "train", batch_size=2, seed=0, num_epochs=1))
+  with pytest.raises(fmt.DatasetError, match=re.escape(str(shard))):
+    pipeline.read_clips(broken, "train", N_TRAIN, ["video", "audio"])
+  read, bad = shards.verify(broken, progress=False)
+  assert bad and all(str(shard) in where or where == "split 'train'" for where, _ in bad), bad
+  assert read >= N_TRAIN // 3 + N_TEST  # the intact shards are all read
+  assert shards.verify(ds_dir, progress=False) == (N_TRAIN + N_TEST, [])
 
 
 def test_check_layout(data):

@@ -315,3 +315,52 @@ def test_cli_refuses_bad_numbers_before_building_anything(tmp_path, argv, messag
   assert proc.returncode == 2, proc.stdout + proc.stderr
   assert message in proc.stderr, proc.stderr
   assert not work.exists()
+
+
+# -- one check for everything ----------------------------------------------------------------------------
+
+def test_check_lists_every_problem_of_a_run(run4, tmp_path):
+  from monl import check
+  config, _, final = run4
+  work = _copy(run4, tmp_path)
+  lines = []
+  assert check.check(str(work), say=lines.append) == []
+  assert "  checkpoint 4: complete, layout and shapes match, checksums verified" in lines
+  name = _flip_bit_in_raw_array(work / "checkpoints" / "4" / "state", final)
+  shutil.rmtree(work / "checkpoints" / "2" / "data")
+  saved = json.loads((work / "config.json").read_text())
+  saved["model"]["width"] = 64
+  (work / "configs" / "config_step9.json").write_text(json.dumps(saved))
+  problems = check.check(str(work), say=lambda line: None)
+  assert len(problems) == 3, problems
+  assert "config_step9.json: a (re)start with other checkpoint-defining fields" in problems[0]
+  assert "config.model.width: then 64, now 32" in problems[0]
+  assert problems[1].startswith("checkpoint 2: ") and "(the data-iterator position) is missing" in problems[1]
+  assert problems[2].startswith("checkpoint 4: ") and f"{name}: checksum" in problems[2]
+  # the CLI: one line per problem, exit status 1
+  proc = subprocess.run([sys.executable, "-m", "monl.main", "check", f"--workdir={work}"], cwd=ROOT, env=env(),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1, proc.stdout + proc.stderr
+  assert proc.stdout.count("PROBLEM ") == 3 and f"{work}: 3 problem(s)" in proc.stdout, proc.stdout
+
+
+def test_check_names_a_damaged_dataset_and_data_verify_lists_the_bad_records(run4, builtin_dataset, tmp_path):
+  from monl import check
+  from monl.data import format as data_format
+  data = tmp_path / "data"
+  shutil.copytree(builtin_dataset, data)
+  shard = data_format.shard_paths(data, "train")[1]
+  shard.write_bytes(shard.read_bytes()[:-5000])  # truncated: the footer is gone
+  work = _copy(run4, tmp_path)
+  saved = json.loads((work / "config.json").read_text())
+  saved["data"]["dir"] = str(data)
+  (work / "config.json").write_text(json.dumps(saved))
+  problems = check.check(str(work), say=lambda line: None)
+  assert len(problems) == 1 and problems[0].startswith(f"dataset split 'train': {shard}: not a readable "
+                                                       f"ArrayRecord shard"), problems
+  proc = subprocess.run([sys.executable, "-m", "monl.main", "data", f"--verify={data}"], cwd=ROOT, env=env(),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1, proc.stdout + proc.stderr
+  assert f"BAD {shard}: not a readable ArrayRecord shard" in proc.stdout, proc.stdout
+  assert f"BAD split 'train': its readable shards hold 32 records, but dataset.json lists num_examples=64" \
+      in proc.stdout, proc.stdout

@@ -29,6 +29,7 @@ import numpy as np
 from etils import epath
 
 from monl.data import format as fmt
+from monl.data import shards
 
 Layout = Mapping[str, tuple[Sequence[int], Sequence[int]]]
 
@@ -59,11 +60,11 @@ def layout_from_config(layout: Any) -> dict[str, tuple[tuple[int, ...], tuple[in
 class _DecodeRecord:
   """ArrayRecord bytes → normalised example. A class (not a closure) so worker processes can get it."""
 
-  def __init__(self, spec: fmt.DatasetSpec, where: str):
-    self.spec, self.where = spec, where
+  def __init__(self, spec: fmt.DatasetSpec, source: shards.ShardedSource):
+    self.spec, self.source = spec, source
 
   def __call__(self, index: int, raw: bytes) -> dict[str, Any]:
-    ex = fmt.decode_record(raw, self.spec, where=f"{self.where} record {index}")
+    ex = fmt.decode_record(raw, self.spec, where=self.source.name(index))
     return _normalized(self.spec, ex)
 
 
@@ -138,12 +139,12 @@ def make_dataset(data_dir: fmt.PathLike, split: str, *, batch_size: int, seed: i
   data_dir = epath.Path(data_dir)
   spec = fmt.load_spec(data_dir)
   paths = fmt.shard_paths(data_dir, split, spec)
-  source = grain.sources.ArrayRecordDataSource([str(p) for p in paths])
+  source = shards.ShardedSource(paths)
   expected = spec.split(split).num_examples
   if len(source) != expected:
     raise fmt.DatasetError(f"{data_dir}: split {split!r} shards hold {len(source)} records, but "
                            f"{fmt.SPEC_FILE} lists num_examples={expected}")
-  return _build(source, _DecodeRecord(spec, f"{data_dir} split {split!r}"), batch_size=batch_size,
+  return _build(source, _DecodeRecord(spec, source), batch_size=batch_size,
                 seed=seed, shard_index=shard_index, shard_count=shard_count, num_epochs=num_epochs,
                 shuffle=shuffle, num_threads=num_threads, prefetch=prefetch, worker_count=worker_count)
 
@@ -168,9 +169,9 @@ def read_clips(path: fmt.PathLike, split: str, num: int, names: Sequence[str]) -
   path = epath.Path(path)
   if (path / fmt.SPEC_FILE).exists():
     spec = fmt.load_spec(path)
-    source = grain.sources.ArrayRecordDataSource([str(p) for p in fmt.shard_paths(path, split, spec)])
+    source = shards.ShardedSource(fmt.shard_paths(path, split, spec))
     n = min(num, len(source))
-    clips = [fmt.decode_record(source[i], spec, where=f"{path} split {split!r} record {i}") for i in range(n)]
+    clips = [fmt.decode_record(source[i], spec, where=source.name(i)) for i in range(n)]
     ids = [c["source_id"] for c in clips]
     return ids, {m: np.stack([c[m] for c in clips]) for m in names}
   files = sorted(path.glob("*.npz"))

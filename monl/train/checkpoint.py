@@ -133,6 +133,12 @@ class Checkpointer:
     except CheckpointCorruptError as e:
       raise CheckpointCorruptError(f"{e}\n{self._intact_note(step, abstract_state)}", e.step, e.path) from e
 
+  def verify(self, step: int, abstract_state) -> None:
+    """Checks checkpoint `step` as a restore would (files, data position, layout, shapes, every
+    checksum) without keeping it. Raises CheckpointError (or a subclass) naming what is wrong."""
+    self._check_files(step, with_data=True)
+    self._restore_verified(step, abstract_state, None, quiet=True)
+
   def set_aside(self, steps, destination: epath.Path) -> list[epath.Path]:
     """Moves checkpoints `steps` into `destination` (not deleted: a resume from an earlier step would
     otherwise collide with them, and Orbax would prune the earlier one as the oldest)."""
