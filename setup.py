@@ -31,7 +31,9 @@ setuptools.setup(
     ],
     extras_require={
         # jax[tpu] brings libtpu so that tests/test_plan_launch.py compiles for a TPU topology on CPU.
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5", f"jax[tpu]=={JAX_VERSION}"],
+        # gcsfs + gcp-storage-emulator: tests/test_gcs.py runs the gs:// path against a local GCS server.
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", f"jax[tpu]=={JAX_VERSION}", "gcsfs>=2024.2",
+                 "gcp-storage-emulator>=2024.1"],
         "tpu": [f"jax[tpu]=={JAX_VERSION}"],
         "gcs": ["gcsfs>=2024.2"],
         "bench": ["torch==2.13.0", "psutil>=5.9"],

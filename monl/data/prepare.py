@@ -34,8 +34,9 @@ Statistics: per-channel (last axis) mean/std from up to `--stats_max_examples` g
 std 1.0 (so it normalises to 0), with a warning and a note in `produced_by.stats.constant_channels`.
 
 Atomic write: shards and then `dataset.json` go into `OUTPUT.tmp-<random>`, which is renamed to
-OUTPUT only when complete (on local disks a rename is atomic; on gs:// it is a copy, but `dataset.json`
-is still written last, so a partial copy never has one). A failed prepare removes its temp directory; a
+OUTPUT only when complete (on local disks a rename is atomic; gs:// has no rename, so the files are
+copied with `dataset.json` last and a replaced dataset loses its `dataset.json` first: a partial copy
+never has one). ArrayRecord writes only local files, so a gs:// shard is staged locally and uploaded. A failed prepare removes its temp directory; a
 killed one leaves only `OUTPUT.tmp-*`, which has no `dataset.json`. The output is checked before any
 input is read: an existing monl dataset (a directory with `dataset.json`) is replaced only with
 `--overwrite`; any other non-empty directory, or a file, is refused (nothing else is ever deleted).
@@ -45,9 +46,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import os
 import secrets
 import shlex
+import shutil
 import sys
+import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -337,8 +341,22 @@ def _stats_subset(files: Sequence[epath.Path], max_examples: int) -> set[epath.P
 # writing
 
 
+def _is_remote(path: epath.Path) -> bool:
+  return "://" in os.fspath(path)  # gs://, s3://: object stores, no rename, no local file handle
+
+
 def _write_shard(path: epath.Path, records: Iterable[bytes]) -> int:
-  """Writes records to one ArrayRecord file; returns how many. (Tests patch this to simulate crashes.)"""
+  """Writes records to one ArrayRecord file; returns how many. (Tests patch this to simulate crashes.)
+
+  ArrayRecord's writer only writes local files: a gs:// shard is written to a local temporary file
+  and then uploaded."""
+  if _is_remote(path):
+    with tempfile.TemporaryDirectory(prefix="monl-shard-") as local:
+      staged = epath.Path(local) / path.name
+      n = _write_shard(staged, records)
+      with staged.open("rb") as src, path.open("wb") as dst:
+        shutil.copyfileobj(src, dst, length=16 << 20)
+      return n
   writer = array_record_module.ArrayRecordWriter(str(path), "group_size:1")
   n = 0
   try:
@@ -355,8 +373,28 @@ def _remove_tree(path: epath.Path) -> None:
     path.rmtree()
 
 
+def _commit_remote(tmp: epath.Path, out: epath.Path) -> None:
+  """`_commit` on an object store, which cannot rename a directory: an existing dataset loses its
+  dataset.json first (it stops being a dataset), then its files; the new shards are copied, and
+  dataset.json last, so a reader never sees a dataset.json beside missing or old shards."""
+  if (out / fmt.SPEC_FILE).exists():
+    (out / fmt.SPEC_FILE).unlink()
+  if out.exists():
+    for p in out.iterdir():
+      if p.is_dir():
+        _remove_tree(p)
+      else:
+        p.unlink()
+  files = sorted(tmp.iterdir(), key=lambda p: p.name == fmt.SPEC_FILE)  # dataset.json last
+  for p in files:
+    p.copy(out / p.name, overwrite=True)
+  _remove_tree(tmp)
+
+
 def _commit(tmp: epath.Path, out: epath.Path) -> None:
   """Moves the finished temp directory to `out`, replacing an existing one only after it is complete."""
+  if _is_remote(out):
+    return _commit_remote(tmp, out)
   old = None
   if out.exists():
     if any(out.iterdir()):

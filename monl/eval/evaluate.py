@@ -742,7 +742,8 @@ def bar_chart(path, groups: list[str], series: list[str], values: np.ndarray, ti
     y = top + si * 16
     d.rectangle([lx, y, lx + 10, y + 10], fill=PALETTE[si % len(PALETTE)])
     d.text((lx + 14, y), name, fill="black", font=font)
-  img.save(str(path))
+  with epath.Path(path).open("wb") as f:  # epath: gs:// too
+    img.save(f, format="PNG")
 
 
 def results_chart(results: dict[str, Any], path) -> None:

@@ -1,0 +1,79 @@
+"""A local GCS server for the gs:// tests: gcp-storage-emulator (the JSON API, in memory) on 127.0.0.1.
+
+    python tests/gcs_emulator.py --port 9023 --bucket bucket [--latency_ms 20]
+
+One addition the emulator lacks and TensorStore's gcs driver (Orbax checkpoints) needs: media downloads
+carry the object's generation (`x-goog-generation`, `x-goog-metageneration` headers, as GCS sends them);
+without them every OCDBT read fails with "Malformed StorageGeneration". Connections get a thread each
+and `--latency_ms` delays every request before it is handled (one at a time: the emulator's storage
+is not thread-safe), to stand in for a real bucket's round trip in benchmarks.
+
+`environment(port)` is what clients need to talk to it instead of Google: gcsfs / google-cloud-storage
+(`STORAGE_EMULATOR_HOST`), ArrayRecord's reader (`CLOUD_STORAGE_EMULATOR_ENDPOINT`), TensorStore
+(`TENSORSTORE_GCS_HTTP_URL`, a test token) and gcsfs's bucket-type probe turned off (it would wait 60 s
+for a gRPC endpoint the emulator does not have).
+"""
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+
+
+def environment(port: int) -> dict[str, str]:
+  url = f"http://127.0.0.1:{port}"
+  return {"STORAGE_EMULATOR_HOST": url, "CLOUD_STORAGE_EMULATOR_ENDPOINT": url, "TENSORSTORE_GCS_HTTP_URL": url,
+          "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+
+
+def _patch(latency_s: float) -> None:
+  import http.server
+
+  from gcp_storage_emulator import server
+  from gcp_storage_emulator.exceptions import NotFound
+  from gcp_storage_emulator.handlers import objects
+
+  original = objects.download
+
+  def download(request, response, storage, *args, **kwargs):
+    original(request, response, storage, *args, **kwargs)
+    try:
+      obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+    except NotFound:
+      return
+    response["x-goog-generation"] = str(obj["generation"])
+    response["x-goog-metageneration"] = str(obj["metageneration"])
+
+  objects.download = download  # objects.get calls it for ?alt=media
+  for _, handlers in server.HANDLERS:
+    for method, fn in list(handlers.items()):
+      if fn is original:
+        handlers[method] = download
+  # One thread per connection, so that clients' concurrent requests overlap their round trips (the
+  # latency); the emulator's storage itself is not thread-safe, so the handling is serialised.
+  http.server.HTTPServer = http.server.ThreadingHTTPServer
+  handle, lock = server.Router.handle, threading.Lock()
+
+  def serialised(self, method):
+    if latency_s > 0:
+      time.sleep(latency_s)
+    with lock:
+      return handle(self, method)
+  server.Router.handle = serialised
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--port", type=int, required=True)
+  p.add_argument("--bucket", default="bucket", help="bucket created at start")
+  p.add_argument("--latency_ms", type=float, default=0.0)
+  a = p.parse_args()
+  _patch(a.latency_ms / 1000)
+  from gcp_storage_emulator.server import create_server
+  srv = create_server("127.0.0.1", a.port, in_memory=True, default_bucket=a.bucket)
+  print(f"gcs emulator on 127.0.0.1:{a.port}, bucket {a.bucket!r}", flush=True)
+  srv.run()
+
+
+if __name__ == "__main__":
+  main()
