@@ -2,9 +2,11 @@
 
     python tests/gcs_emulator.py --port 9023 --bucket bucket [--latency_ms 20]
 
-One addition the emulator lacks and TensorStore's gcs driver (Orbax checkpoints) needs: media downloads
-carry the object's generation (`x-goog-generation`, `x-goog-metageneration` headers, as GCS sends them);
-without them every OCDBT read fails with "Malformed StorageGeneration". Connections get a thread each
+Two additions the emulator lacks and GCS has: media downloads carry the object's generation
+(`x-goog-generation`, `x-goog-metageneration` headers; without them TensorStore's gcs driver, i.e.
+Orbax, fails every OCDBT read with "Malformed StorageGeneration"), and a suffix range `bytes=-N` is the
+last N bytes (ArrayRecord reads a shard's footer so; the emulator would return the whole file, and a
+shard over 1 MiB would read as corrupt). Connections get a thread each
 and `--latency_ms` delays every request before it is handled (one at a time: the emulator's storage
 is not thread-safe), to stand in for a real bucket's round trip in benchmarks.
 
@@ -16,6 +18,7 @@ for a gRPC endpoint the emulator does not have).
 from __future__ import annotations
 
 import argparse
+import re
 import threading
 import time
 
@@ -36,6 +39,15 @@ def _patch(latency_s: float) -> None:
   original = objects.download
 
   def download(request, response, storage, *args, **kwargs):
+    headers = request._request_handler.headers
+    suffix = re.fullmatch(r"\s*bytes=-([0-9]+)\s*", headers.get("range") or "")
+    if suffix:  # the last N bytes (Riegeli reads a file's postscript so); the emulator knows only a-b
+      try:
+        size = len(storage.get_file(request.params["bucket_name"], request.params["object_id"]))
+      except NotFound:
+        size = 0
+      del headers["range"]
+      headers["range"] = f"bytes={max(0, size - int(suffix.group(1)))}-"
     original(request, response, storage, *args, **kwargs)
     try:
       obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])

@@ -186,3 +186,9 @@ def test_two_processes_read_disjoint_parts_of_a_gs_dataset(gcs, gs_data, tmp_pat
   seen = [read_batches(work / f"batches.p{i}.jsonl") for i in range(2)]
   for s in range(2):
     assert len(seen[0][s]) == len(seen[1][s]) == 4 and not set(seen[0][s]) & set(seen[1][s])
+
+
+def test_record_batches_on_gs_is_refused_before_anything_runs(builtin_dataset):
+  from monl import validate
+  with pytest.raises(validate.ConfigError, match=r"config.train.record_batches appends .* use a local --workdir"):
+    loop.train(tiny_config(builtin_dataset, **{"train.record_batches": True}), "gs://bucket/no_record")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import threading
 import time
@@ -200,6 +201,9 @@ def train(config, workdir: str, stop_at: int | None = None,
   if resume_from_step is not None:
     validate.check_number("--resume_from_step", resume_from_step, low=1, what="checkpoint step")
   workdir = epath.Path(workdir)
+  if config.train.record_batches and "://" in os.fspath(workdir):
+    raise validate.ConfigError(f"config.train.record_batches appends to WORKDIR/batches.p<i>.jsonl, which "
+                               f"an object store ({workdir}) cannot do: use a local --workdir for it")
   chief = jax.process_index() == 0
   if chief:
     workdir.mkdir(parents=True, exist_ok=True)
