@@ -145,8 +145,13 @@ def _cmd_params(config) -> None:
 
 
 def _cmd_verify() -> int:
+  from monl.data import format as data_format
   from monl.data import shards
-  read, bad = shards.verify(FLAGS.verify)
+  try:
+    read, bad = shards.verify(FLAGS.verify)
+  except data_format.DatasetError as e:  # no readable dataset.json: nothing to verify against
+    print(f"monl data --verify: {e}", file=sys.stderr, flush=True)
+    return 2
   for where, reason in bad:
     print(f"BAD {where}: {reason}")
   print(f"{FLAGS.verify}: read {read} records; " + (f"{len(bad)} problem(s)" if bad else "all good"))

@@ -364,3 +364,6 @@ def test_check_names_a_damaged_dataset_and_data_verify_lists_the_bad_records(run
   assert f"BAD {shard}: not a readable ArrayRecord shard" in proc.stdout, proc.stdout
   assert f"BAD split 'train': its readable shards hold 32 records, but dataset.json lists num_examples=64" \
       in proc.stdout, proc.stdout
+  proc = subprocess.run([sys.executable, "-m", "monl.main", "data", f"--verify={tmp_path}"], cwd=ROOT, env=env(),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and f"{tmp_path}/dataset.json: missing" in proc.stderr, proc.stderr
