@@ -69,28 +69,13 @@ def measure(data_dir: epath.Path, *, batch_size: int, warmup: int, batches: int,
 
 def _start_emulator(latency_ms: float):
   """(process, port) of a fresh in-memory GCS server with bucket 'bench'; clients' env set for it."""
-  import socket
-  import subprocess
   sys.path.insert(0, str(epath.Path(__file__).parent.parent / "tests"))
   import gcs_emulator
-  with socket.socket() as sock:
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-  proc = subprocess.Popen([sys.executable, str(epath.Path(gcs_emulator.__file__)), "--port", str(port), "--bucket",
-                           "bench", "--latency_ms", str(latency_ms)], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  proc, port = gcs_emulator.start("bench", latency_ms=latency_ms)
   os.environ.update(gcs_emulator.environment(port))
   import gcsfs
   gcsfs.GCSFileSystem.clear_instance_cache()
-  deadline = time.monotonic() + 30
-  while True:
-    try:
-      with socket.create_connection(("127.0.0.1", port), timeout=1):
-        return proc, port
-    except OSError:
-      if time.monotonic() > deadline or proc.poll() is not None:
-        raise RuntimeError(f"the GCS emulator did not start on port {port}")
-      time.sleep(0.2)
+  return proc, port
 
 
 def gcs_rows(local: epath.Path, latencies: list[float], settings, **kw) -> list[dict]:

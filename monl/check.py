@@ -35,7 +35,7 @@ def _history(workdir: epath.Path, config) -> list[str]:
   return problems
 
 
-def _checkpoints(workdir: epath.Path, config, say) -> list[str]:
+def _checkpoints(workdir: epath.Path, config, model, say) -> list[str]:
   from monl.parallel import mesh as mesh_lib
   from monl.parallel import rules as rules_lib
   from monl.train import checkpoint as ckpt_lib
@@ -45,7 +45,6 @@ def _checkpoints(workdir: epath.Path, config, say) -> list[str]:
   leftovers = sorted(p.name for p in directory.glob("*.orbax-checkpoint-tmp*")) if directory.exists() else []
   if leftovers:
     say(f"  note: unfinished saves {leftovers} (a run killed mid-save; never restored, harmless)")
-  model = loop.build_model(config)
   obj = step_lib.Objective.from_config(config, model)
   factory = loop.StateFactory(config, obj, step_lib.make_optimizer(config.train),
                               mesh_lib.make_mesh(config.mesh), rules_lib.get_rules(config.mesh.rules))
@@ -64,13 +63,13 @@ def _checkpoints(workdir: epath.Path, config, say) -> list[str]:
   return problems
 
 
-def _dataset(config, say) -> list[str]:
+def _dataset(config, lay, say) -> list[str]:
   from monl.data import format as data_format
   from monl.data import shards
   from monl.train import loop
   try:
     data_dir = config.data.dir or str(loop.resolve_data_dir(config))
-    spec = loop.check_data(config, data_dir, loop.build_model(config).layout)
+    spec = loop.check_data(config, data_dir, lay)
   except data_format.DatasetError as e:
     return [f"dataset: {e}"]
   problems = []
@@ -102,7 +101,8 @@ def check(workdir: str, say=print) -> list[str]:
     config = loop.with_data_layout(config, quiet=True)
   except (layout_lib.LayoutError, data_format.DatasetError) as e:
     return [f"{run_config.path(workdir_path)}: its layout cannot be completed: {e}"]
+  model = loop.build_model(config)
   problems = _history(workdir_path, config)
-  problems += _checkpoints(workdir_path, config, say)
-  problems += _dataset(config, say)
+  problems += _checkpoints(workdir_path, config, model, say)
+  problems += _dataset(config, model.layout, say)
   return problems

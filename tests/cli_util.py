@@ -32,3 +32,19 @@ def read_batches(path) -> dict[int, list[str]]:
         r = json.loads(line)
         out[r["step"]] = r["ids"]
   return out
+
+
+def interrupt(command: list[str], env: dict, sig, after_step: int, timeout: float = 300) -> tuple[int, str]:
+  """Runs a train `command`, sends `sig` once step `after_step` is logged; returns (exit status, output)."""
+  import subprocess
+  import time
+  proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  lines, deadline = [], time.monotonic() + timeout
+  for line in proc.stdout:
+    lines.append(line)
+    if line.startswith("step") and int(line.split()[1].split("/")[0]) >= after_step:
+      proc.send_signal(sig)
+      break
+    assert time.monotonic() < deadline, "".join(lines)
+  lines += proc.stdout.readlines()
+  return proc.wait(timeout=120), "".join(lines)

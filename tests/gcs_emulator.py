@@ -10,7 +10,7 @@ shard over 1 MiB would read as corrupt). Connections get a thread each
 and `--latency_ms` delays every request before it is handled (one at a time: the emulator's storage
 is not thread-safe), to stand in for a real bucket's round trip in benchmarks.
 
-`environment(port)` is what clients need to talk to it instead of Google: gcsfs / google-cloud-storage
+`start(bucket)` runs it from Python (tests, benchmarks); `environment(port)` is what clients need to talk to it instead of Google: gcsfs / google-cloud-storage
 (`STORAGE_EMULATOR_HOST`), ArrayRecord's reader (`CLOUD_STORAGE_EMULATOR_ENDPOINT`), TensorStore
 (`TENSORSTORE_GCS_HTTP_URL`, a test token) and gcsfs's bucket-type probe turned off (it would wait 60 s
 for a gRPC endpoint the emulator does not have).
@@ -27,6 +27,29 @@ def environment(port: int) -> dict[str, str]:
   url = f"http://127.0.0.1:{port}"
   return {"STORAGE_EMULATOR_HOST": url, "CLOUD_STORAGE_EMULATOR_ENDPOINT": url, "TENSORSTORE_GCS_HTTP_URL": url,
           "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+
+
+def start(bucket: str, latency_ms: float = 0.0, log=None, timeout: float = 60.0):
+  """(process, port) of a fresh server on a free port, once it accepts connections. `log`: an open
+  file for its output (default: discarded; never a pipe nobody reads, which would fill and block it)."""
+  import socket
+  import subprocess
+  import sys
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+  proc = subprocess.Popen([sys.executable, __file__, "--port", str(port), "--bucket", bucket, "--latency_ms",
+                           str(latency_ms)], stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT)
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      with socket.create_connection(("127.0.0.1", port), timeout=1):
+        return proc, port
+    except OSError:
+      if proc.poll() is not None or time.monotonic() > deadline:
+        proc.kill()
+        raise RuntimeError(f"the GCS emulator did not start on port {port}") from None
+      time.sleep(0.1)
 
 
 def _patch(latency_s: float) -> None:

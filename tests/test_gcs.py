@@ -11,12 +11,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from cli_util import ROOT, read_batches, train_command
+from cli_util import ROOT, interrupt, read_batches, train_command
 from cli_util import env as base_env
 from conftest import tiny_config
 import gcs_emulator
@@ -28,25 +27,11 @@ TOTAL = 8
 OVERRIDES = {"train.num_steps": TOTAL, "ckpt.every": 2, "train.log_every": 1}
 
 
-def _free_port() -> int:
-  import socket
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
   """The emulator's environment; the server runs for this module and is stopped after it."""
-  port = _free_port()
-  log = tmp_path_factory.mktemp("gcs") / "emulator.log"  # a file: a pipe nobody reads would fill and block it
-  with open(log, "w") as f:
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "gcs_emulator.py"), "--port",
-                             str(port), "--bucket", "bucket"], stdout=f, stderr=subprocess.STDOUT)
-  deadline = time.monotonic() + 60
-  while "gcs emulator on" not in log.read_text():
-    assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-    time.sleep(0.1)
+  log = open(tmp_path_factory.mktemp("gcs") / "emulator.log", "w")
+  proc, port = gcs_emulator.start("bucket", log=log)
   saved = {k: os.environ.get(k) for k in gcs_emulator.environment(port)}
   os.environ.update(gcs_emulator.environment(port))  # for this process's own gcsfs reads
   import gcsfs
@@ -54,6 +39,7 @@ def gcs(tmp_path_factory):
   yield dict(base_env(), **gcs_emulator.environment(port))
   proc.terminate()
   proc.wait(timeout=30)
+  log.close()
   for k, v in saved.items():
     if v is None:
       os.environ.pop(k, None)
@@ -122,20 +108,6 @@ def straight(builtin_dataset, tmp_path_factory):
   return json.loads((work / "checkpoints" / str(TOTAL) / "record" / "metadata").read_text())["arrays"]
 
 
-def _interrupt(data, workdir, env, sig, after_step):
-  proc = subprocess.Popen(train_command(data, workdir, **OVERRIDES), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-  lines, deadline = [], time.monotonic() + 300
-  for line in proc.stdout:
-    lines.append(line)
-    if line.startswith("step") and int(line.split()[1].split("/")[0]) >= after_step:
-      proc.send_signal(sig)
-      break
-    assert time.monotonic() < deadline, "".join(lines)
-  lines += proc.stdout.readlines()
-  return proc.wait(timeout=120), "".join(lines)
-
-
 def _final_checksums(run):
   record = json.loads(_fs().cat(f"{run[5:]}/checkpoints/{TOTAL}/record/metadata"))
   return record["arrays"]
@@ -146,7 +118,7 @@ def _final_checksums(run):
 def test_train_on_gs_is_interrupted_and_resumes_to_the_uninterrupted_arrays(gcs, gs_data, straight, sig, code):
   url, _ = gs_data
   run = f"gs://bucket/run_{sig.name}"
-  rc, out = _interrupt(url, run, gcs, sig, after_step=3)
+  rc, out = interrupt(train_command(url, run, **OVERRIDES), gcs, sig, after_step=3)
   assert rc == code, out
   rc, out = _run(train_command(url, run, **OVERRIDES), gcs)
   assert rc == 0 and "resumed from step" in out, out

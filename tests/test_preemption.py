@@ -1,14 +1,12 @@
 """Checkpoints that never lose work: SIGTERM saves and exits 42; kill -9 resumes from the last complete
 checkpoint; both end bit-identical to an uninterrupted run, having seen the same batches."""
 import signal
-import subprocess
-import time
 
 import jax
 import numpy as np
 import pytest
 
-from cli_util import ROOT, env, read_batches, train_command
+from cli_util import env, interrupt, read_batches, train_command
 from conftest import tiny_config
 from monl.train import loop
 
@@ -25,17 +23,7 @@ def straight(builtin_dataset, tmp_path_factory):
 
 def _interrupt(data_dir, work, sig, after_step: int) -> tuple[int, str]:
   """Starts training, sends `sig` once step `after_step` is logged; returns (exit status, output)."""
-  proc = subprocess.Popen(train_command(data_dir, str(work), **OVERRIDES), cwd=ROOT, env=env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  lines, deadline = [], time.monotonic() + 300
-  for line in proc.stdout:
-    lines.append(line)
-    if line.startswith("step") and int(line.split()[1].split("/")[0]) >= after_step:
-      proc.send_signal(sig)
-      break
-    assert time.monotonic() < deadline, "".join(lines)
-  lines += proc.stdout.readlines()
-  return proc.wait(timeout=120), "".join(lines)
+  return interrupt(train_command(data_dir, str(work), **OVERRIDES), env(), sig, after_step)
 
 
 def _resume_and_compare(config, work, straight):

@@ -347,12 +347,17 @@ class NpzError(DatasetError):
     self.reason = reason
 
 
-def npz_keys(f) -> list[str]:
-  """The array names of the open binary .npz file `f`; raises NpzError for any other kind of file."""
+def _check_npz(f, path) -> None:
+  """Raises NpzError unless the open binary file `f` starts like an .npz archive; rewinds it."""
   why = not_npz_reason(f.read(16))
   f.seek(0)
   if why:
-    raise NpzError(getattr(f, "name", "file"), why)
+    raise NpzError(path, why)
+
+
+def npz_keys(f) -> list[str]:
+  """The array names of the open binary .npz file `f`; raises NpzError for any other kind of file."""
+  _check_npz(f, getattr(f, "name", "file"))
   with np.load(f, allow_pickle=False) as z:
     return list(z.files)
 
@@ -362,10 +367,7 @@ def load_npz(path: PathLike, names: Sequence[str]) -> dict[str, np.ndarray]:
   is not an npz archive or lacks a key; a damaged archive raises numpy's / zipfile's own error."""
   path = epath.Path(path)
   with path.open("rb") as f:
-    why = not_npz_reason(f.read(16))
-    if why:
-      raise NpzError(path, why)
-    f.seek(0)
+    _check_npz(f, path)
     with np.load(f, allow_pickle=False) as z:
       missing = [m for m in names if m not in z.files]
       if missing:
