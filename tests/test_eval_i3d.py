@@ -89,3 +89,65 @@ def test_resize_rules():
   ref = jax.image.resize(img, (1, 2, 20, 20, 3), "bilinear", antialias=False) / 127.5 - 1.0
   np.testing.assert_allclose(ours, ref, atol=1e-5)
   assert float(ours.min()) >= -1.0 and float(ours.max()) <= 1.0
+
+
+def test_features_stream_one_batch_at_a_time(extractor, clips, tmp_path):
+  """Chunks of any size are regrouped into batches as they arrive (the iterator is not drained
+  first) and the features, written to an .npy, equal one call on all clips."""
+  videos = np.concatenate([clips, clips[::-1], clips[:1]])  # 5 clips; batch_size 2
+  expected = extractor(videos)
+  pulled, seen = [0], []
+
+  def chunks():
+    for v in videos:
+      pulled[0] += 1
+      yield v[None]
+
+  original = extractor._batch
+  try:
+    extractor._batch = lambda batch: (seen.append(pulled[0]), original(batch))[1]
+    got = extractor.features(chunks(), total=len(videos), out=tmp_path / "f.npy", progress="test")
+  finally:
+    extractor._batch = original
+  assert seen == [2, 4, 5]  # a forward pass as soon as a batch is full
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(np.load(tmp_path / "f.npy"), got)
+  with pytest.raises(ValueError, match="expected total=6"):
+    extractor.features([videos], total=6)
+  with pytest.raises(ValueError, match="chunk of clips"):
+    extractor.features([videos, videos[:, :, :16]])
+
+
+_SHARDED = """
+import json, sys
+import jax, numpy as np
+from monl.eval import i3d
+clips = np.random.default_rng(0).integers(0, 256, size=(10, 9, 32, 32, 3), dtype=np.uint8)
+sharded = i3d.I3DFeatures(batch_size=8)
+one = i3d.I3DFeatures(batch_size=8, devices=jax.devices()[:1])
+arg = jax.device_put(clips[:8].astype(np.float32), sharded._batch_sharding)
+spec = sharded._forward.lower(sharded._variables, arg).compile().input_shardings[0][1]
+a, b = sharded.features(iter([clips[:3], clips[3:]])), one(clips)
+json.dump({"devices": sharded.num_devices, "input_devices": len(spec.device_set), "spec": str(spec.spec),
+           "max_abs": float(np.abs(a - b).max()), "scale": float(np.abs(b).max()), "shape": list(a.shape)},
+          open(sys.argv[1], "w"))
+"""
+
+
+def test_features_sharded_over_8_devices_match_one(tmp_path):
+  """Each batch is split over every local device (8 fake CPU devices here) with the same features
+  as on one device, including a padded last batch (10 clips, batch 8)."""
+  import json
+  import os
+  import subprocess
+  import sys
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  out = tmp_path / "r.json"
+  proc = subprocess.run([sys.executable, "-c", _SHARDED, str(out)], env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  r = json.loads(out.read_text())
+  assert r["devices"] == 8 and r["input_devices"] == 8 and "data" in r["spec"], r
+  assert r["shape"] == [10, i3d.FEATURE_DIM]
+  assert r["max_abs"] <= 1e-4 * r["scale"], r

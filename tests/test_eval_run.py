@@ -10,17 +10,25 @@ from monl.eval import metrics
 
 
 class FakeI3D:
-  """Stands in for I3D (1.5 s per clip on CPU): a fixed projection of the mean frame, counting calls."""
+  """Stands in for I3D (1.5 s per clip on CPU): a fixed projection of the mean frame; records the
+  shape of every `features` pass and that its clips arrived in chunks of at most `batch_size`."""
   provenance = {"extractor": "fake", "package": "test", "port_of": "none", "resize": "none"}
+  batch_size = 3
 
   def __init__(self):
     self.calls = []
     self.w = np.random.default_rng(0).normal(size=(16 * 16 * 3, 6))
 
-  def __call__(self, videos):
-    assert videos.shape[1] >= 9 and videos.max() <= 255.0
+  def features(self, chunks, total=None, out=None, progress=None):
+    chunks = list(chunks)
+    assert all(len(c) <= self.batch_size for c in chunks)  # streamed from disk, one batch at a time
+    videos = np.concatenate(chunks)
+    assert videos.shape[1] >= 9 and videos.max() <= 255.0 and len(videos) == total
     self.calls.append(videos.shape)
-    return videos.reshape(*videos.shape[:2], -1).mean(1) @ self.w
+    feats = videos.reshape(*videos.shape[:2], -1).mean(1) @ self.w
+    if out is not None:
+      np.save(out, feats)
+    return feats
 
 
 def test_generated_frames_and_exclusion_of_conditioning_segments():
@@ -92,6 +100,7 @@ def test_evaluate_end_to_end_and_cache_reuse(trained, tmp_path, monkeypatch):
   assert len(fake.calls) == 3 and not fvd["provenance"]["cache_hit"]
   assert t["a2v"]["metrics"]["fvd_i3d"]["provenance"]["cache_hit"]
   assert all(shape[0] == 4 for shape in fake.calls)
+  assert np.load(tmp_path / "e1" / "samples" / "joint" / "i3d_features.npy").shape == (4, 6)
   # a second run reads the real-data statistics from the .npz cache: only generated clips go through I3D
   res2 = ev.evaluate(config, workdir, output=str(tmp_path / "e2"), **kw)
   assert len(fake.calls) == 3 + 2

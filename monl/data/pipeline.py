@@ -21,7 +21,7 @@ following batches, also on another number of processes (`monl.train.checkpoint` 
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -166,21 +166,33 @@ def read_clips(path: fmt.PathLike, split: str, num: int, names: Sequence[str]) -
   `path` is a monl dataset directory (its `split`) or a directory of `.npz` clips (sorted by name,
   one array per modality). Returns (source ids, {name: [n, *shape]}), n = min(num, available).
   """
+  ids, arrays = [], {m: [] for m in names}
+  for batch_ids, batch in iter_clips(path, split, num, names, batch=max(num, 1)):
+    ids += batch_ids
+    for m in names:
+      arrays[m].append(batch[m])
+  return ids, {m: np.concatenate(v) for m, v in arrays.items()}
+
+
+def iter_clips(path: fmt.PathLike, split: str, num: int, names: Sequence[str], batch: int
+               ) -> Iterator[tuple[list[str], dict[str, np.ndarray]]]:
+  """`read_clips` in batches of `batch` clips, read lazily: (ids, {name: [b, *shape]}) per batch, so
+  a pass over many clips (e.g. I3D features of 2048 clips) holds one batch in memory."""
   path = epath.Path(path)
   if (path / fmt.SPEC_FILE).exists():
     spec = fmt.load_spec(path)
     source = shards.ShardedSource(fmt.shard_paths(path, split, spec))
     n = min(num, len(source))
-    clips = [fmt.decode_record(source[i], spec, where=source.name(i)) for i in range(n)]
-    ids = [c["source_id"] for c in clips]
-    return ids, {m: np.stack([c[m] for c in clips]) for m in names}
-  files = sorted(path.glob("*.npz"))
-  if not files:
-    raise fmt.DatasetError(f"{path}: neither a monl dataset ({fmt.SPEC_FILE}) nor a directory of .npz clips")
-  ids, arrays = [], {m: [] for m in names}
-  for f in files[:num]:
-    clip = fmt.load_npz(f, names)
-    for m in names:
-      arrays[m].append(clip[m])
-    ids.append(f.name)
-  return ids, {m: np.stack(v) for m, v in arrays.items()}
+    read = lambda i: fmt.decode_record(source[i], spec, where=source.name(i))
+    name_of = None
+  else:
+    files = sorted(path.glob("*.npz"))
+    if not files:
+      raise fmt.DatasetError(f"{path}: neither a monl dataset ({fmt.SPEC_FILE}) nor a directory of .npz clips")
+    n = min(num, len(files))
+    read = lambda i: fmt.load_npz(files[i], names)
+    name_of = lambda i: files[i].name
+  for start in range(0, n, batch):
+    clips = [read(i) for i in range(start, min(start + batch, n))]
+    ids = [c["source_id"] for c in clips] if name_of is None else [name_of(i) for i in range(start, start + len(clips))]
+    yield ids, {m: np.stack([c[m] for c in clips]) for m in names}

