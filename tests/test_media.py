@@ -1,5 +1,5 @@
 """monl.media on files made here with PyAV: clip cutting, frame picking, crop/resize, resampled audio,
-broken files, the MP4 writer."""
+broken files, the MP4 writer; and `sample` writing MP4 previews with sound from a tiny trained model."""
 import os
 
 import numpy as np
@@ -261,3 +261,44 @@ def test_missing_pyav_says_how_to_install_it(monkeypatch):
   monkeypatch.setitem(__import__("sys").modules, "av", None)
   with pytest.raises(ImportError, match="pip install av"):
     media.require_av()
+
+
+# ----------------------------------------------------------------------------------------------------
+# sample -> MP4
+
+
+def test_sample_writes_mp4_previews_with_sound(trained, tmp_path):
+  """a2v on the tiny model: <i>.mp4 (128x128, 8 fps, 2 s, 16 kHz) for the previewed clips only, and
+  <i>_compare.mp4 with three panels; the GIF/WAV previews are still there."""
+  from monl.sample import run
+  config, workdir = trained
+  manifests = run.run(config, workdir, run.SampleRequest(task="a2v", num=3, steps=2, previews=2), str(tmp_path))
+  out = tmp_path / "a2v"
+  names = {p.name for p in out.iterdir()}
+  assert {"00000.mp4", "00001.mp4", "00000_compare.mp4", "00001_compare.mp4", "00000.gif", "00000.wav",
+          "contact_sheet.png"} <= names and "00002.mp4" not in names
+  assert {"00000.mp4", "00000_compare.mp4"} <= set(manifests["a2v"]["previews"])
+  fps, frames, samples, rate, duration = read_back(out / "00000.mp4")
+  assert (fps, frames.shape, rate) == (8, (16, 128, 128, 3), 16000)
+  assert duration == pytest.approx(2.0, abs=0.07) and 32000 <= len(samples) < 32000 + 2048
+  with np.load(out / "00000.npz") as z:  # the frames are the generated clip's, upscaled x8
+    want = frames_lib.to_uint8(z["video"]).repeat(8, 1).repeat(8, 2)
+  assert np.abs(frames.astype(int) - want).mean() < 6
+  fps, frames, samples, rate, _ = read_back(out / "00000_compare.mp4")
+  assert fps == 8 and frames.shape == (16, 128 + 8, 3 * 128 + 2 * 2, 3) and len(samples) >= 32000
+  # a2v gives no video: the given-input panel is grey; its bar says video generated (red), audio given (green)
+  # (rows next to the bar are left out: H.264 stores colour at half resolution and blurs it over edges)
+  assert np.abs(frames[:, :120, :120].astype(int) - 128).max() <= 4
+  bar = frames[:, 128:136, :120].astype(int)
+  assert (bar[:, 1, :, 0] - bar[:, 1, :, 1] > 80).all() and (bar[:, 6, :, 1] - bar[:, 6, :, 0] > 60).all()
+
+
+def test_mp4_note_without_a_decoder(trained, monkeypatch):
+  from monl.eval import evaluate
+  from monl.sample import run
+  config, workdir = trained
+  gen = run.Generator(config, workdir)
+  assert run.mp4_note(gen, run.SampleRequest(previews=2)) is None
+  monkeypatch.setattr(evaluate, "decoder_for", lambda spec: None)
+  assert "no decoder" in run.mp4_note(gen, run.SampleRequest(previews=2))
+  assert run.mp4_note(gen, run.SampleRequest(previews=0)) is None
