@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fractions
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -46,7 +47,9 @@ def write_mp4(path: source.PathLike, video: np.ndarray, audio: np.ndarray, *, fp
   with tempfile.TemporaryDirectory() as tmp:
     local = os.path.join(tmp, dest.name or "clip.mp4")
     _encode(av, local, v, a, fps, sample_rate, crf)
-    epath.Path(local).copy(dest, overwrite=True)
+    # through the destination's own backend: a local path's copy() would not know gs://
+    with open(local, "rb") as src, dest.open("wb") as dst:
+      shutil.copyfileobj(src, dst)
   return dest
 
 
