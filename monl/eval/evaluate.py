@@ -96,7 +96,7 @@ DEFAULTS = {
     "cache_dir": "~/.cache/monl/eval_stats",  # real-data feature statistics (.npz)
     "kvd_subsets": 100,
     "pooling": "mean_std",  # latent FD pooling
-    "previews": 2,  # GIF/WAV previews per task
+    "previews": 2,  # GIF/WAV/MP4 previews per task
     "vggish_weights": "",  # local VGGish .npz (monl.eval.plugins.VGGISH_NPZ_KEYS) for FAD; '' = FAD off
 }
 

@@ -4,6 +4,8 @@ Output directory layout (one sub-directory per task):
   OUT/<task>/00000.npz ...       generated clips, de-normalised to the data's scale, same modality keys
   OUT/<task>/manifest.json       per clip: source clip, task, mask, sampler, steps, guidance, seed, step
   OUT/<task>/00000.gif/.wav      previews (built-in datasets only)
+  OUT/<task>/00000.mp4           the same clip as video with sound; 00000_compare.mp4 for conditional tasks:
+                                 given input | generated | real (datasets with a decoder: `preview_mp4`)
   OUT/<task>/contact_sheet.png   given (green) vs generated (red) cells of every previewed clip
 """
 from __future__ import annotations
@@ -55,7 +57,7 @@ def check_request(req: SampleRequest) -> None:
   validate.check_number("--num", req.num, low=1, what="clips per task")
   if req.steps is not None:
     validate.check_number("--steps", req.steps, low=1, what="sampling steps; omit it for config.sample.steps")
-  validate.check_number("--previews", req.previews, low=0, what="clips per task written as GIF/WAV")
+  validate.check_number("--previews", req.previews, low=0, what="clips per task written as GIF/WAV/MP4")
   validate.check_number("--pyramid", req.pyramid_delay, low=0, what="steps of delay between segments")
   validate.check_number("--long_segments", req.long_segments, low=0, what="segments of a long clip, 0 = off")
   validate.check_number("--seed", req.seed, what="sampling seed")
@@ -164,6 +166,11 @@ def sample_task(gen: Generator, task: str, req: SampleRequest, out_dir: epath.Pa
   steps = c.sample.steps if req.steps is None else req.steps  # not `or`: --steps 0 is an error, not 50
   guidance = gen.guidance_scales(req.guidance)
   cfg = gen.sampler_config(req, guidance)
+  previews = min(req.previews, len(source_ids)) if _previewable(gen) else 0
+  decoder = _mp4_decoder(gen) if previews else None
+  if decoder is not None:  # before sampling: a missing PyAV must not cost the samples
+    from monl import media
+    media.require_av()
   window = gen.window(cfg, steps, req.pyramid_delay)
   bs = c.sample.batch_size
   norm = gen.normalize(clips)
@@ -202,8 +209,8 @@ def sample_task(gen: Generator, task: str, req: SampleRequest, out_dir: epath.Pa
       "long_segments": req.long_segments or None, "input": req.input or str(gen.data_dir),
       "split": req.split, "seconds": round(seconds, 2), "clips": entries,
   }
-  if _is_builtin(gen.spec) and req.previews and set(lay.names) == {"video", "audio"}:
-    manifest["previews"] = _write_previews(gen, out_dir, generated, given, min(req.previews, n))
+  if previews:
+    manifest["previews"] = _write_previews(gen, out_dir, generated, given, previews, clips, decoder)
   (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
   return manifest
 
@@ -214,11 +221,35 @@ def _is_builtin(spec: data_format.DatasetSpec) -> bool:
   return builtin.module_for_spec(spec) is not None
 
 
-def _write_previews(gen: Generator, out_dir: epath.Path, generated, given, count: int) -> list[str]:
+def _previewable(gen: Generator) -> bool:
+  """GIF/WAV previews and the contact sheet: built-in data with exactly video + audio."""
+  return _is_builtin(gen.spec) and set(gen.layout.names) == {"video", "audio"}
+
+
+def _mp4_decoder(gen: Generator):
+  """The `monl.eval.evaluate.Decoder` of the dataset (RGB video + a waveform), or None: no MP4 previews."""
+  from monl.eval import evaluate
+  return evaluate.decoder_for(gen.spec) if {"video", "audio"} <= set(gen.layout.names) else None
+
+
+def mp4_note(gen: Generator, req: SampleRequest) -> str | None:
+  """Why `sample` writes no MP4 previews for this dataset, or None when it does (or none are asked for)."""
+  if not req.previews or _mp4_decoder(gen) is not None:
+    return None
+  if not {"video", "audio"} <= set(gen.layout.names):
+    return f"no MP4 previews: they need both video and audio; the layout has {list(gen.layout.names)}"
+  return ("no MP4 previews: this dataset has no decoder from its clips to RGB video + a waveform (only "
+          "the built-in datasets have one: monl.eval.evaluate.decoder_for)")
+
+
+def _write_previews(gen: Generator, out_dir: epath.Path, generated, given, count: int, real,
+                    decoder) -> list[str]:
   files = []
   for i in range(count):
     files += preview.write_clip(out_dir, f"{i:05d}", generated["video"][i], generated["audio"][i])
   lay = gen.layout
+  if decoder is not None:
+    files += _write_mp4s(lay, out_dir, generated, given, count, real, decoder)
   video_segments, audio_segments = lay["video"].segments, lay["audio"].segments
   if generated["video"].shape[1] != lay["video"].shape[0]:  # long clips: segments repeat
     reps = generated["video"].shape[1] // video_segments[0]
@@ -229,6 +260,37 @@ def _write_previews(gen: Generator, out_dir: epath.Path, generated, given, count
   sheet = preview.contact_sheet(out_dir / "contact_sheet.png", generated["video"][:count],
                                 generated["audio"][:count], given, lay.names, video_segments, audio_segments)
   return files + [sheet.name]
+
+
+def _segments_of(lay, name: str, length: int) -> tuple[int, ...]:
+  """Segment lengths of a generated modality of `length` frames: the layout's, or for long clips (equal
+  segments, more of them) the first segment's length repeated."""
+  segs = tuple(lay[name].segments)
+  return segs if sum(segs) == length else (segs[0],) * (length // segs[0])
+
+
+def _write_mp4s(lay, out_dir: epath.Path, generated, given, count: int, real, decoder) -> list[str]:
+  """`<i>.mp4` per previewed clip; `<i>_compare.mp4` too when the task gives any cell (`preview_mp4`)."""
+  from monl.sample import preview_mp4
+  files = []
+  names = list(lay.names)
+  vi, ai = names.index("video"), names.index("audio")
+  t, t_a = generated["video"].shape[1], generated["audio"].shape[1]
+  v_segs, a_segs = _segments_of(lay, "video", t), _segments_of(lay, "audio", t_a)
+  full = np.zeros((len(names), len(v_segs)), bool)  # long clips: only the first window's cells were given
+  full[:, : given.shape[1]] = given
+  video_given = preview_mp4.frame_given(full[vi], v_segs, t)
+  audio_given = preview_mp4.audio_given_at_frames(full[ai], a_segs, t_a, t, decoder.video_fps,
+                                                  decoder.audio_fps)
+  for i in range(count):
+    stem = f"{i:05d}"
+    files.append(preview_mp4.clip_mp4(out_dir / f"{stem}.mp4", generated["video"][i], generated["audio"][i],
+                                      decoder).name)
+    if given.any():
+      files.append(preview_mp4.compare_mp4(out_dir / f"{stem}_compare.mp4", real["video"][i],
+                                           generated["video"][i], generated["audio"][i], video_given,
+                                           audio_given, decoder).name)
+  return files
 
 
 def run(config, workdir: str, req: SampleRequest, output: str) -> dict[str, dict]:
@@ -246,6 +308,9 @@ def run(config, workdir: str, req: SampleRequest, output: str) -> dict[str, dict
   else:  # joint generation needs no clips: placeholders only fix the batch
     ids = ["(none: joint generation)"] * req.num
     clips = {m.name: np.zeros((req.num,) + m.shape, np.float32) for m in lay.modalities}
+  note = mp4_note(gen, req)
+  if note:
+    print(f"sample: {note}", flush=True)
   out = epath.Path(output)
   manifests = {}
   for task in task_list:
