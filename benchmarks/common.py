@@ -196,6 +196,13 @@ class Setup:
     from monl.models import avdit
     return avdit.count_params(self.model.cfg, self.layout)
 
+  def random_params(self):
+    """Model parameters, randomly perturbed so that no adaLN gate is zero (every block does real work)."""
+    import flax.linen as nn
+    import jax
+    params = nn.meta.unbox(jax.jit(lambda k: self.model.init(k, *self.random_tokens_and_levels(1)))(self.key))
+    return jax.tree.map(lambda x: x + 0.01 * jax.random.normal(jax.random.key(3), x.shape, x.dtype), params)
+
   def init_state(self):
     import functools
     import jax

@@ -7,9 +7,9 @@ Token sweep: one model (width 256, depth 4, 4 heads, batch 4, float32, layers un
 configs) over a layout of video [T, 32, 32, 3] in (1, 4, 4) patches (64 tokens per frame) and audio
 [4T, 16] in 4-frame patches (T tokens), 2 segments, T = --frames: 130 ... 4160 tokens. For each:
 the jitted train step's median time on this CPU (after warm-up), XLA's planned bytes
-(`memory_analysis`: arguments + outputs - aliased + temps) and the process's peak RSS (ru_maxrss,
-monotone, so the sweep runs from small to large), and the forward FLOPs split into the part linear
-in tokens and attention's quadratic part (analytic). With libtpu (`pip install -e .[tpu]`) and not
+(`monl.plan.peak_bytes`) and the process's peak RSS (ru_maxrss,
+monotone, so the sweep runs from small to large), and the analytic fraction of a block's forward
+FLOPs that is attention's quadratic part. With libtpu (`pip install -e .[tpu]`) and not
 --no_plan, the same train step compiled by `monl.plan` for --topology (bfloat16, as one would run
 it there): XLA's estimated step time and per-chip peak. Sampling sweep: the default config (4
 segments, random parameters) sampling clips of --segments segments with sliding windows
@@ -60,9 +60,9 @@ def train_point(frames: int, args) -> dict:
   s = common.Setup(config)
   state = s.init_state()
   compiled = s.step_fn().lower(state, s.batch, s.key).compile()
+  from monl import plan
   mem = compiled.memory_analysis()
-  planned = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-             + mem.temp_size_in_bytes) / 2**30
+  planned = plan.peak_bytes(mem) / 2**30
   holder = [state]
 
   def step():
@@ -95,9 +95,7 @@ def sampling_points(args) -> list[dict]:
   config = common.load_config("default", args.quick)
   s = common.Setup(config, batch_size=SAMPLE_BATCH)
   lay, sched = s.layout, s.obj.schedule
-  params = jax.jit(lambda k: s.model.init(k, *s.random_tokens_and_levels(1)))(s.key)
-  params = jax.tree.map(lambda x: x + 0.01 * jax.random.normal(jax.random.key(3), x.shape, x.dtype),
-                        __import__("flax").linen.meta.unbox(params))  # no all-zero adaLN: real work
+  params = s.random_params()
   steps = 2 if args.quick else SAMPLE_STEPS
   levels = sampler_lib.level_schedule(sched.num_steps, steps, lay.num_modalities, lay.num_segments)
   cfg = sampler_lib.SamplerConfig(sampler="ddim", eta=0.0)
