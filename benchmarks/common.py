@@ -52,14 +52,17 @@ def load_avg() -> tuple[float, float, float]:
 
 def machine_info() -> dict:
   import jax
+
+  from monl import allocator
   preload = os.environ.get("LD_PRELOAD", "")
   return {
       "cpu": cpu_model(), "cores": os.cpu_count(), "load_avg": load_avg(),
       "platform": platform.platform(), "python": platform.python_version(),
       "jax": jax.__version__, "backend": jax.default_backend(),
       "devices": [str(d) for d in jax.devices()],
-      "allocator": "jemalloc" if "jemalloc" in preload else "default (glibc)",
+      "allocator": allocator.describe(),
       "LD_PRELOAD": preload, "MALLOC_CONF": os.environ.get("MALLOC_CONF", ""),
+      **{k: os.environ[k] for k in allocator.GLIBC_ENV if k in os.environ},
       "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
   }
 
@@ -69,6 +72,44 @@ def machine_line(info: dict | None = None) -> str:
   la = info["load_avg"]
   return (f"{info['cpu']}, {info['cores']} cores, {info['backend']}, jax {info['jax']}, "
           f"allocator {info['allocator']}, load avg {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}")
+
+
+# ----------------------------------------------------------------------------------------- allocators
+JEMALLOC_CONF = "oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1,retain:true"
+ALLOCATORS = ("glibc", "monl", "jemalloc")  # what a fresh machine gets, monl's CLI default, launch/env.sh
+
+
+def allocator_env(name: str) -> dict:
+  """This process's environment with only the named allocator setting: `glibc` (defaults: a fresh
+  machine running a script), `monl` (what `python -m monl.main` restarts itself with, monl.allocator) or
+  `jemalloc` (launch/env.sh when libjemalloc2 is installed)."""
+  from monl import allocator
+  env = {k: v for k, v in os.environ.items()
+         if k not in allocator.GLIBC_ENV and k not in ("LD_PRELOAD", "MALLOC_CONF")}
+  env[allocator.OPT_OUT] = "0"  # a child that runs monl's CLI must not add the settings again
+  if name == "monl":
+    env.update(allocator.GLIBC_ENV)
+  elif name == "jemalloc":
+    if not os.path.exists(JEMALLOC):
+      raise SystemExit(f"--allocators jemalloc: {JEMALLOC} not found (apt-get install libjemalloc2)")
+    env.update(LD_PRELOAD=JEMALLOC, MALLOC_CONF=JEMALLOC_CONF)
+  elif name != "glibc":
+    raise SystemExit(f"unknown allocator {name!r}; one of {', '.join(ALLOCATORS)}")
+  return env
+
+
+def run_per_allocator(script: str, argv: Sequence[str], names: Sequence[str], out: str) -> list[dict]:
+  """Runs `python script *argv --out <out>_<name>` once per allocator, one after the other (each setting
+  must be in the environment at process start); returns the JSON each run wrote, in order."""
+  import subprocess
+  results = []
+  for name in names:
+    path = os.path.join(RESULTS, f"{out.removesuffix('.json')}_{name}.json")  # out may be a path
+    print(f"--- allocator {name}: {os.path.basename(script)} {' '.join(argv)}", flush=True)
+    subprocess.run([sys.executable, script, *argv, "--out", path], env=allocator_env(name), check=True)
+    with open(path) as f:
+      results.append(json.load(f))
+  return results
 
 
 # ----------------------------------------------------------------------------------------- timing

@@ -2,10 +2,13 @@
 
     python benchmarks/train_vs_torch.py [--config midsize] [--iters 7] [--warmup 2] [--quick]
         [--set model.attention=dot_product ...] [--out benchmarks/results/train_vs_torch.json]
-    # with the allocator fix (see README, Performance):
-    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 \
-    MALLOC_CONF=oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1,retain:true \
-        python benchmarks/train_vs_torch.py
+        [--allocators glibc,monl[,jemalloc]]
+
+Without --allocators: one run with this process's allocator as it is (a plain `python` on a fresh
+machine: glibc defaults). With --allocators: one run per setting, one after the other, each in a fresh
+process (monl.allocator; common.allocator_env): `glibc` = what a script gets on a fresh machine, `monl` =
+what `python -m monl.main` restarts itself with, `jemalloc` = launch/env.sh with libjemalloc2 installed.
+Both models run under the same setting in each run.
 
 JAX: `monl.train.step.train_step` jitted with the state donated (as the trainer does). Torch: the twin
 of `benchmarks/torch_twin.py` (same architecture, shapes and parameter count, asserted), AdamW +
@@ -32,7 +35,11 @@ def main(argv=None):
                            quick_help="smoke run: tiny model, 1 iteration")
   p.add_argument("--config", default="midsize")
   p.add_argument("--set", action="append", help="monl config override, e.g. model.attention=dot_product")
+  p.add_argument("--allocators", default="", help=f"comma-separated, of {', '.join(common.ALLOCATORS)}: "
+                 "one fresh process per setting, side by side in one table")
   args = p.parse_args(argv)
+  if args.allocators:
+    return compare_allocators(args)
   if args.quick:
     args.iters, args.warmup = 1, 1
 
@@ -100,6 +107,30 @@ def main(argv=None):
       [f"monl speed / torch speed = {speedup:.2f}x (target >= 1.0, stretch 1.3); XLA FLOPs/step "
        f"{flops / 1e9:.1f} G; matmul {rate:.1f} GFLOP/s (runs {', '.join(f'{m:.1f}' for m in mm)}); "
        f"target fraction >= 0.6; load avg at end {info['load_avg_end']}; wrote {path}"])
+
+
+def compare_allocators(args) -> None:
+  """One run per allocator setting (fresh processes, sequential), then one table of all of them."""
+  child = ["--config", args.config, "--iters", str(args.iters), "--warmup", str(args.warmup)]
+  child += ["--quick"] * args.quick + [a for kv in args.set or () for a in ("--set", kv)]
+  names = [n.strip() for n in args.allocators.split(",") if n.strip()]
+  runs = common.run_per_allocator(os.path.abspath(__file__), child, names, args.out)
+  rows = [dict(r, allocator=run["machine"]["allocator"], speedup=run["speedup_jax_over_torch"])
+          for run in runs for r in run["results"]]
+  base = {r["impl"]: r["step_s"] for r in rows[:2]}  # the first setting's step times
+  for r in rows:
+    r["vs_first_allocator"] = base[r["impl"]] / r["step_s"]
+  path = common.write_json(args.out, {"allocators": names, "runs": runs})
+  info = runs[-1]["machine"]
+  info["allocator"] = "per row"
+  common.print_table(
+      f"train step, monl vs PyTorch eager twin ({args.config}), per allocator setting "
+      f"({'--quick' if args.quick else f'{args.iters} interleaved runs each'})", rows,
+      ["allocator", "impl", "step_s", "user_cpu_s_per_step", "sys_cpu_s_per_step", "fraction_of_matmul",
+       "vs_first_allocator", "speedup"], info,
+      ["speedup = torch step / monl step in the same run; vs_first_allocator = the first setting's step / "
+       f"this one's, per impl; load avg at end of each run: {[r['machine']['load_avg_end'] for r in runs]}; "
+       f"wrote {path}"])
 
 
 if __name__ == "__main__":

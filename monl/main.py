@@ -138,6 +138,8 @@ def _cmd_sample(config) -> None:
 def _cmd_params(config) -> None:
   from monl import layout as layout_lib
   from monl.models import avdit
+  from monl.train import loop
+  config = loop.with_data_layout(config, quiet=True)  # a layout left to the data: from dataset.json
   lay = layout_lib.Layout.from_config(config.layout)
   n = avdit.count_params(avdit.AVDiTConfig.from_config(config.model), lay)
   print(json.dumps({"parameters": n, "tokens": lay.num_tokens, "cells": lay.num_cells,
@@ -300,4 +302,7 @@ def main(argv) -> int | None:
 
 
 if __name__ == "__main__":
+  if "plan" not in sys.argv[1:]:  # plan compiles for TPU with libtpu: leave its allocator alone
+    from monl import allocator
+    allocator.maybe_reexec()  # before JAX is imported (monl.allocator)
   sys.exit(app.run(main, argv=with_run_config(sys.argv)))
