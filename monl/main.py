@@ -253,17 +253,19 @@ def with_run_config(argv: list[str]) -> list[str]:
   return [argv[0], f"--config={run_config.__file__}:{workdir}", *argv[1:]]
 
 
-def _check_run(command: str, config) -> None:
+def _check_run(command: str, config):
   """Completes the layout from the data (a contradiction raises LayoutError) and, for a run command on
   a run with checkpoints, refuses a config that changes what they depend on
   (monl.run_config.check_compatible). Quiet and touching no JAX backend: `train` must still be able to
-  initialise jax.distributed, and completes (and reports) the layout itself."""
+  initialise jax.distributed, and completes (and reports) the layout itself. Returns the config with
+  its layout completed."""
   from monl import run_config
   from monl.train import loop
   if command in ("train", "sample", "evaluate", "params", "plan"):
     config = loop.with_data_layout(config, quiet=True)
   if command in RUN_COMMANDS and FLAGS.workdir:
     run_config.check_compatible(config, FLAGS.workdir, command)
+  return config
 
 
 def main(argv) -> int | None:
@@ -291,18 +293,18 @@ def main(argv) -> int | None:
   from monl.data import format as data_format
   try:
     _check_numbers(command, config)
-    _check_run(command, config)
+    completed = _check_run(command, config)
   except (validate.ConfigError, run_config.RunConfigError, layout_lib.LayoutError, data_format.DatasetError) as e:
     # a bad number, a layout that contradicts the data, a change the checkpoints cannot take: say
     # which and exit 2 before anything is built
     print(f"monl {command}: {e}", file=sys.stderr, flush=True)
     return 2
+  if command == "train":  # a large CPU step: restart with glibc malloc settings (monl.allocator)
+    from monl import allocator
+    allocator.maybe_reexec(allocator.train_activation_bytes(completed))
   return {"train": _cmd_train, "params": _cmd_params, "data": _cmd_data,
           "sample": _cmd_sample, "plan": _cmd_plan, "evaluate": _cmd_evaluate}[command](config)
 
 
 if __name__ == "__main__":
-  if "plan" not in sys.argv[1:]:  # plan compiles for TPU with libtpu: leave its allocator alone
-    from monl import allocator
-    allocator.maybe_reexec()  # before JAX is imported (monl.allocator)
   sys.exit(app.run(main, argv=with_run_config(sys.argv)))
