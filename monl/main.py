@@ -302,8 +302,12 @@ def main(argv) -> int | None:
   if command == "train":  # a large CPU step: restart with glibc malloc settings (monl.allocator)
     from monl import allocator
     allocator.maybe_reexec(allocator.train_activation_bytes(completed))
-  return {"train": _cmd_train, "params": _cmd_params, "data": _cmd_data,
-          "sample": _cmd_sample, "plan": _cmd_plan, "evaluate": _cmd_evaluate}[command](config)
+  try:
+    return {"train": _cmd_train, "params": _cmd_params, "data": _cmd_data,
+            "sample": _cmd_sample, "plan": _cmd_plan, "evaluate": _cmd_evaluate}[command](config)
+  except (layout_lib.LayoutError, data_format.DatasetError) as e:  # e.g. a config whose layout the data contradicts
+    print(f"monl {command}: {e}", file=sys.stderr, flush=True)
+    return 2
 
 
 if __name__ == "__main__":

@@ -91,3 +91,14 @@ def test_cli_params_on_the_default_config_completes_the_layout_from_the_data():
   report = json.loads(out.stdout)
   assert report["parameters"] > 0 and set(report["tokens_per_modality"]) == {"video", "audio"}
   assert "[monl] restarting" not in out.stderr
+
+
+def test_cli_train_on_data_of_another_shape_says_which_field_and_exits_2(builtin_dataset, tmp_path):
+  """configs/midsize.py (a benchmark config) on built-in-shaped data: a one-line error, not a traceback;
+  the restart for its large step happens first and changes nothing of that."""
+  out = subprocess.run([sys.executable, "-m", "monl.main", "train", f"--config={cli_util.ROOT}/configs/midsize.py",
+                        f"--workdir={tmp_path}/run", f"--config.data.dir={builtin_dataset}"], cwd=cli_util.ROOT, env=_clean_env(), capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 2, out.stderr[-3000:]
+  assert "Traceback" not in out.stderr, out.stderr[-3000:]
+  assert "in the config (layout.video.shape)" in out.stderr.splitlines()[-1], out.stderr[-3000:]
