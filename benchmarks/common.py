@@ -196,6 +196,13 @@ class Setup:
     from monl.models import avdit
     return avdit.count_params(self.model.cfg, self.layout)
 
+  def random_params(self):
+    """Model parameters, randomly perturbed so that no adaLN gate is zero (every block does real work)."""
+    import flax.linen as nn
+    import jax
+    params = nn.meta.unbox(jax.jit(lambda k: self.model.init(k, *self.random_tokens_and_levels(1)))(self.key))
+    return jax.tree.map(lambda x: x + 0.01 * jax.random.normal(jax.random.key(3), x.shape, x.dtype), params)
+
   def init_state(self):
     import functools
     import jax
@@ -267,3 +274,64 @@ def print_table(title: str, rows: Sequence[dict], columns: Sequence[str], info: 
   for n in notes:
     print(n)
   sys.stdout.flush()
+
+
+# ----------------------------------------------------------------------------------------- plots
+def line_plots(path: str, panels: Sequence[tuple[str, str, dict, bool]]) -> None:
+  """Side-by-side log-log line plots with Pillow (no plotting dependency).
+
+  Args:
+    panels: (title, x label, {series name: (xs, ys)}, trend) per panel; None values are skipped;
+      trend: also draw, dashed, the line proportional to x through each series' first point.
+  """
+  import math
+
+  from PIL import Image, ImageDraw, ImageFont
+  colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
+  font = ImageFont.load_default()
+  pw, ph, left, top, bottom = 330, 260, 58, 34, 70
+  img = Image.new("RGB", (len(panels) * (pw + left + 20) + 10, top + ph + bottom), "white")
+  d = ImageDraw.Draw(img)
+  for pi, (title, xlabel, series, trend) in enumerate(panels):
+    ox = 10 + pi * (pw + left + 20) + left
+    pts = [(x, y) for xs, ys in series.values() for x, y in zip(xs, ys) if y is not None and y > 0 and x > 0]
+    if not pts:
+      continue
+    lx = [math.log10(x) for x, _ in pts]
+    ly = [math.log10(y) for _, y in pts]
+    x0, x1 = min(lx), max(lx) + 1e-9
+    y0, y1 = math.floor(min(ly)), math.ceil(max(ly) + 1e-9)
+    y1 = max(y1, y0 + 1)
+    px = lambda v: ox + pw * (math.log10(v) - x0) / (x1 - x0)
+    py = lambda v: top + ph - ph * (math.log10(v) - y0) / (y1 - y0)
+    d.rectangle([ox, top, ox + pw, top + ph], outline="black")
+    d.text((ox, 10), title, fill="black", font=font)
+    for e in range(y0, y1 + 1):  # decades on y
+      yy = py(10.0 ** e)
+      d.line([(ox - 4, yy), (ox, yy)], fill="black")
+      d.line([(ox, yy), (ox + pw, yy)], fill=(225, 225, 225))
+      d.text((ox - 50, yy - 6), f"{10.0 ** e:g}", fill="black", font=font)
+    for x in sorted({x for x, _ in pts}):  # every measured x on the x axis
+      xx = px(x)
+      d.line([(xx, top + ph), (xx, top + ph + 4)], fill="black")
+      d.text((xx - 10, top + ph + 6), f"{x:g}", fill="black", font=font)
+    d.text((ox + pw // 2 - 20, top + ph + 20), xlabel, fill="black", font=font)
+    for si, (name, (xs, ys)) in enumerate(series.items()):
+      c = colours[si % len(colours)]
+      line = [(px(x), py(y)) for x, y in zip(xs, ys) if y is not None and y > 0]
+      if len(line) > 1:
+        d.line(line, fill=c, width=2)
+      for (a, b) in line:
+        d.ellipse([a - 3, b - 3, a + 3, b + 3], fill=c)
+      if trend and line:
+        first = next((x, y) for x, y in zip(xs, ys) if y is not None and y > 0)
+        lo_y = 10.0 ** y0
+        xs_t = [x for x in xs if first[1] * x / first[0] >= lo_y]
+        seg = [(px(x), py(first[1] * x / first[0])) for x in xs_t if first[1] * x / first[0] <= 10.0 ** y1]
+        for (a1, b1), (a2, b2) in zip(seg, seg[1:]):  # dashed
+          for k in range(0, 10, 2):
+            d.line([(a1 + (a2 - a1) * k / 10, b1 + (b2 - b1) * k / 10),
+                    (a1 + (a2 - a1) * (k + 1) / 10, b1 + (b2 - b1) * (k + 1) / 10)], fill=c)
+      d.rectangle([ox + 8, top + 8 + si * 14, ox + 16, top + 16 + si * 14], fill=c)
+      d.text((ox + 20, top + 6 + si * 14), name, fill="black", font=font)
+  img.save(path)

@@ -23,9 +23,7 @@ def bench_config(name: str, args) -> dict:
   config = common.load_config(name, args.quick)
   s = common.Setup(config, batch_size=config.sample.batch_size)
   lay, sched = s.layout, s.obj.schedule
-  params = jax.jit(lambda k: s.model.init(k, *s.random_tokens_and_levels(1)))(s.key)
-  params = jax.tree.map(lambda x: x + 0.01 * jax.random.normal(jax.random.key(3), x.shape, x.dtype),
-                        __import__("flax").linen.meta.unbox(params))  # no all-zero adaLN: real work
+  params = s.random_params()
   tokens, t = s.random_tokens_and_levels()
   given = jnp.asarray(tasks_lib.task_mask(args.task, lay.names, lay.num_segments), bool)
   levels = sampler_lib.level_schedule(sched.num_steps, args.steps, lay.num_modalities, lay.num_segments)

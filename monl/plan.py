@@ -74,13 +74,19 @@ def _cost(compiled) -> dict[str, float]:
   return dict(cost or {})
 
 
+def peak_bytes(mem) -> int:
+  """Planned peak of a compiled program per device from its `memory_analysis()`: arguments + outputs
+  - aliased (donated outputs reuse their arguments' buffers) + temporaries + generated code."""
+  return (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+          + mem.temp_size_in_bytes + getattr(mem, "generated_code_size_in_bytes", 0))
+
+
 def _program_report(name: str, compiled, compile_s: float, chip: Chip, num_chips: int,
                     examples: int, cost: dict[str, float], model_flops: float) -> dict[str, Any]:
   mem = compiled.memory_analysis()
   args, out = mem.argument_size_in_bytes, mem.output_size_in_bytes
   temp, alias = mem.temp_size_in_bytes, mem.alias_size_in_bytes
-  code = getattr(mem, "generated_code_size_in_bytes", 0)
-  peak = args + out - alias + temp + code  # donated outputs reuse their arguments' buffers
+  peak = peak_bytes(mem)
   flops = float(cost.get("flops", float("nan")))  # per chip: the module is the per-device SPMD program
   bytes_accessed = float(cost.get("bytes accessed", float("nan")))
   seconds = float(cost.get("optimal_seconds", float("nan")))

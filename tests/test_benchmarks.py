@@ -14,7 +14,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ["train_step", "sampling", "compile_memory", "train_vs_torch", "torch_twin", "reference_dit",
-           "solver_steps"]
+           "solver_steps", "guidance_selfcond", "scaling"]
 
 
 def test_scripts_import_and_parse():
@@ -75,3 +75,26 @@ def test_solver_steps_summary_finds_the_fewest_matching_steps():
   hib = {"value": 0.5, "per_clip": [0.5] * 20, "higher_is_better": True}
   assert not ss.compare(hib, {"value": 0.3, "per_clip": [0.3] * 20})["matches"]
   assert ss.compare(hib, {"value": 0.6, "per_clip": [0.6] * 20})["matches"]
+
+
+def test_guidance_selfcond_shared_variant_feeds_the_conditional_state_to_both_branches():
+  """The 'before the fix' variant: in a guided call [cond | uncond] the unconditional half's
+  self-conditioning input becomes the conditional half's; unguided calls pass through."""
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  try:
+    import guidance_selfcond
+  finally:
+    sys.path.pop(0)
+
+  class Echo:
+    schedule = "kept"
+
+    def eps(self, params, tokens, t, self_cond=None):
+      return self_cond
+
+  wrapped = guidance_selfcond.SharedSelfCond(Echo())
+  sc = {"video": np.arange(4.0).reshape(4, 1, 1)}
+  out = wrapped.eps(None, None, np.zeros((4, 2, 3)), sc)
+  assert np.asarray(out["video"]).ravel().tolist() == [0.0, 1.0, 0.0, 1.0]
+  assert wrapped.eps(None, None, np.zeros((4, 2, 3)), None) is None
+  assert wrapped.schedule == "kept"

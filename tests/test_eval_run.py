@@ -177,3 +177,10 @@ def test_paper_config_gets_only_the_latent_proxy():
   assert "only the latent-space Fréchet proxy" in note and "FVD/KVD" not in note
   assert "FVD/KVD on its RGB video" in ev.coverage_note(None, None, "x")
   assert ev.coverage_note(ev.decoder_registry()["monl.data.symbols"], reason, "x") is None
+
+
+def test_nice_ticks():
+  assert ev.nice_ticks(0.0345) == [0.0, 0.01, 0.02, 0.03]
+  assert ev.nice_ticks(250.0) == [0.0, 100.0, 200.0]
+  ticks = ev.nice_ticks(7.3)
+  assert ticks[0] == 0.0 and ticks[-1] <= 7.3 and 4 <= len(ticks) <= 8 and ticks[1] in (1.0, 2.0)

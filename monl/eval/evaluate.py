@@ -707,6 +707,14 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
+def nice_ticks(vmax: float, target: int = 5) -> list[float]:
+  """0, s, 2s, ... <= vmax with s = 1, 2 or 5 x 10^k, about `target` ticks."""
+  raw = vmax / max(target - 1, 1)
+  mag = 10.0 ** math.floor(math.log10(raw))
+  step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+  return [i * step for i in range(int(vmax / step + 1e-9) + 1)]
+
+
 def bar_chart(path, groups: list[str], series: list[str], values: np.ndarray, title: str,
               ylabel: str, reference: float | None = None, errors: np.ndarray | None = None) -> None:
   """Grouped bar chart with Pillow: values [len(groups), len(series)] (NaN = missing bar), with ±
@@ -727,8 +735,7 @@ def bar_chart(path, groups: list[str], series: list[str], values: np.ndarray, ti
   y_of = lambda v: top + plot_h - plot_h * max(v, 0.0) / vmax
   d.text((left, 10), title, fill="black", font=font)
   d.line([(left, top), (left, top + plot_h), (width - legend_w, top + plot_h)], fill="black")
-  for i in range(5):
-    v = vmax * i / 4
+  for v in nice_ticks(vmax):
     d.line([(left - 4, y_of(v)), (left, y_of(v))], fill="black")
     d.text((2, y_of(v) - 6), f"{v:.3g}", fill="black", font=font)
   d.text((2, top - 14), ylabel, fill="black", font=font)
