@@ -96,8 +96,10 @@ def load_config(run_dir: str | epath.Path):
   return config
 
 
-def load(run_dir: str | epath.Path, *, use_ema: bool | None = None, batch_size: int = 16) -> Codec:
-  """The latest checkpoint of the autoencoder run at `run_dir` (FileNotFoundError if it has none)."""
+def load(run_dir: str | epath.Path, *, use_ema: bool | None = None, batch_size: int = 16,
+         step: int | None = None) -> Codec:
+  """Checkpoint `step` (default: the latest) of the autoencoder run at `run_dir`; FileNotFoundError if
+  the run has no checkpoint, or not that step."""
   from monl.autoencoder import train as ae_train
   from monl.train import checkpoint as ckpt_lib
   config = load_config(run_dir)
@@ -107,11 +109,17 @@ def load(run_dir: str | epath.Path, *, use_ema: bool | None = None, batch_size: 
   factory = ae_train.StateFactory(config, model, ae_train.make_optimizer(config.train), mesh, rules)
   directory = epath.Path(run_dir) / "checkpoints"
   ckpt = ckpt_lib.Checkpointer(directory, keep=config.ckpt.keep, async_save=False, config=config)
-  step = ckpt.latest_step()
-  if step is None:
+  latest = ckpt.latest_step()
+  if latest is None:
     ckpt.close()
     raise FileNotFoundError(f"no checkpoint under {directory}: train it first (python -m monl.main "
                             f"train_autoencoder --config ... --workdir {run_dir})")
+  if step is not None and int(step) not in ckpt.all_steps():
+    steps = ckpt.all_steps()
+    ckpt.close()
+    raise FileNotFoundError(f"{directory} has no checkpoint step {step} (it has {sorted(steps)}; "
+                            f"config.ckpt.keep={config.ckpt.keep} may have deleted it)")
+  step = latest if step is None else int(step)
   state = ckpt.restore(step, factory.abstract)
   ckpt.close()
   ema = config.eval.use_ema if use_ema is None else use_ema
