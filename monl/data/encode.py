@@ -3,6 +3,13 @@
     python -m monl.data.encode --input clips/ --output latents/ --encoder RUN \
         [--fps 25 --sample_rate 16000 --size 32 --clip_seconds 0.68 --hop_seconds 0.68] \
         [--batch_size 16 --num_shards 4 --overwrite --no_progress]
+    python -m monl.data.encode --input clips/ --output media/ --raw [--fps ... --size ...]
+
+`--raw` writes the preprocessed clips themselves instead of latents (video float32 [T, size, size, 3]
+in [0, 1], audio float32 [S, 1]): the media dataset `train_autoencoder` trains on
+(`--config.data.dir=media/`), so an autoencoder can learn your own footage. Its preprocessing defaults
+are `configs/autoencoder_common.py`'s `media` group (17 frames at 25 fps, 32 px, 16 kHz) and its clips
+must be 1 + 4k frames (the autoencoder's causal rule); its segments are 1, 4, 4, ... frames.
 
 Input: `INPUT/<split>/**` video files (mp4, webm, mov, mkv, avi, m4v), one split per subdirectory as for
 `prepare`; files directly in INPUT form the split `train`. Each file is cut into clips by
@@ -104,16 +111,25 @@ def segments_for(latent_frames: int, audio_frames: int, fps: float, temporal_dow
   return (1,) * latent_frames, audio, seconds
 
 
+RAW_TEMPORAL = 4  # --raw clips are 1 + 4k frames: what every autoencoder config takes (temporal_downsample 4)
+
+
 def preprocessing(codec, fps=None, sample_rate=None, size=None, clip_seconds=None, hop_seconds=None) -> dict[str, Any]:
-  """The preprocessing of this job: flags over the encoder config's `media` defaults, checked."""
-  media_cfg = codec.config.media
+  """The preprocessing of this job: flags over the encoder config's `media` defaults (`codec` None:
+  `--raw`, over `configs.autoencoder_common`'s), checked against what the encoder takes."""
+  if codec is None:
+    from configs import autoencoder_common
+    media_cfg = autoencoder_common.base_config().media
+  else:
+    media_cfg = codec.config.media
   fps = float(media_cfg.fps if fps is None else fps)
   sample_rate = int(media_cfg.sample_rate if sample_rate is None else sample_rate)
   size = int(media_cfg.size if size is None else size)
   clip_seconds = float(media_cfg.frames / media_cfg.fps if clip_seconds is None else clip_seconds)
   hop_seconds = float(clip_seconds if hop_seconds is None else hop_seconds)
   frames = clip_seconds * fps
-  r, d, hop = codec.temporal_downsample, codec.spatial_downsample, codec.hop
+  r, d, hop = (RAW_TEMPORAL, 1, 1) if codec is None else (codec.temporal_downsample, codec.spatial_downsample,
+                                                           codec.hop)
   if abs(frames - round(frames)) > 1e-6 or (round(frames) - 1) % r:
     raise EncodeError(f"--clip_seconds {clip_seconds:g} at --fps {fps:g} is {frames:g} frames; the encoder "
                       f"needs 1 + {r}k frames (e.g. {(1 + 4 * r) / fps:g} s = {1 + 4 * r} frames)")
@@ -123,9 +139,11 @@ def preprocessing(codec, fps=None, sample_rate=None, size=None, clip_seconds=Non
                       f"not a multiple of the encoder's audio hop {hop}")
   if size % d:
     raise EncodeError(f"--size {size}: not divisible by the encoder's spatial downsampling {d}")
-  return {"fps": fps, "sample_rate": sample_rate, "size": size, "clip_seconds": clip_seconds,
-          "hop_seconds": hop_seconds, "frames": int(round(frames)), "samples": int(round(samples)),
-          "audio_hop": hop, "temporal_downsample": r, "spatial_downsample": d,
+  out = {"fps": fps, "sample_rate": sample_rate, "size": size, "clip_seconds": clip_seconds,
+         "hop_seconds": hop_seconds, "frames": int(round(frames)), "samples": int(round(samples))}
+  if codec is not None:
+    out.update(audio_hop=hop, temporal_downsample=r, spatial_downsample=d)
+  return {**out,
           "video": "centre square crop, Pillow antialiased bilinear resize, frame on screen at (i + 0.5) / fps",
           "audio": "FFmpeg swresample to sample_rate, mean of the channels"}
 
@@ -150,7 +168,8 @@ def _record_name(rel: str) -> str:
 
 
 def _encode_file(codec, path: epath.Path, rel: str, parts: epath.Path, prep: Mapping[str, Any]) -> dict[str, Any]:
-  """Encodes one file's clips into `parts` (npz per clip) and returns its record (not yet written)."""
+  """Encodes one file's clips into `parts` (npz per clip; `codec` None: the clips themselves) and returns
+  its record (not yet written)."""
   from monl import media
   record: dict[str, Any] = {"file": rel, **_stat(path)}
   try:
@@ -158,7 +177,11 @@ def _encode_file(codec, path: epath.Path, rel: str, parts: epath.Path, prep: Map
                                   clip_seconds=prep["clip_seconds"], hop_seconds=prep["hop_seconds"]))
   except media.MediaError as e:
     return dict(record, status="bad", reason=e.reason if hasattr(e, "reason") else str(e))
-  latents = codec.encode(np.stack([c.video for c in clips]), np.stack([c.audio for c in clips]))
+  video, audio = np.stack([c.video for c in clips]), np.stack([c.audio for c in clips])  # uint8 [n, T, S, S, 3], [n, S]
+  if codec is None:  # --raw: the clips themselves, as train_autoencoder reads them
+    latents = {"video": video.astype(np.float32) / 255.0, "audio": audio.astype(np.float32)[..., None]}
+  else:
+    latents = codec.encode(video, audio)
   prefix = os.path.dirname(rel)
   entries = []
   for i, clip in enumerate(clips):
@@ -172,11 +195,12 @@ def _encode_file(codec, path: epath.Path, rel: str, parts: epath.Path, prep: Map
   return dict(record, status="ok", clips=entries)
 
 
-def encode(input_dir: epath.PathLike, output_dir: epath.PathLike, encoder: str, *, fps: float | None = None,
+def encode(input_dir: epath.PathLike, output_dir: epath.PathLike, encoder: str | None, *, fps: float | None = None,
            sample_rate: int | None = None, size: int | None = None, clip_seconds: float | None = None,
            hop_seconds: float | None = None, batch_size: int = 16, num_shards: int = 4, overwrite: bool = False,
            progress: bool = True, command: str | None = None) -> fmt.DatasetSpec:
-  """Encodes `input_dir` into the dataset `output_dir` (module docstring); returns its spec."""
+  """Encodes `input_dir` into the dataset `output_dir` (module docstring); returns its spec. `encoder`
+  None: `--raw` (the preprocessed clips, for train_autoencoder)."""
   from monl.autoencoder import load as ae_load
   out = epath.Path(output_dir)
   existing = fmt.load_spec(out) if (out / fmt.SPEC_FILE).exists() else None
@@ -184,11 +208,14 @@ def encode(input_dir: epath.PathLike, output_dir: epath.PathLike, encoder: str, 
   if not ours:
     prepare._check_output(out, overwrite)  # before anything is read
   splits = find_video_files(input_dir)
-  codec = ae_load.load(encoder, batch_size=batch_size)
+  codec = None if encoder is None else ae_load.load(encoder, batch_size=batch_size)
   prep = preprocessing(codec, fps, sample_rate, size, clip_seconds, hop_seconds)
-  job = {"encoder": {"run": os.path.abspath(encoder) if "://" not in encoder else encoder, "checkpoint_step": codec.step,
-                     "model": "monl.autoencoder.AVAutoencoder (posterior means)"},
-         "preprocessing": prep}
+  if codec is None:
+    job = {"encoder": None, "raw": True, "preprocessing": prep}
+  else:
+    job = {"encoder": {"run": os.path.abspath(encoder) if "://" not in encoder else encoder,
+                       "checkpoint_step": codec.step, "model": "monl.autoencoder.AVAutoencoder (posterior means)"},
+           "preprocessing": prep}
   parts = out.parent / f"{out.name}{PARTS_SUFFIX}"
   parts.mkdir(parents=True, exist_ok=True)
   if (parts / JOB_FILE).exists():
@@ -252,8 +279,13 @@ def encode(input_dir: epath.PathLike, output_dir: epath.PathLike, encoder: str, 
       if f"{split}/{p.name}" not in valid:
         p.unlink()
   latent = fmt.load_npz(next(iter(sorted((parts / next(iter(valid)).split("/")[0]).glob("*.npz")))), ("video", "audio"))
-  v_segs, a_segs, seconds = segments_for(latent["video"].shape[0], latent["audio"].shape[0], prep["fps"],
-                                         prep["temporal_downsample"], prep["sample_rate"] / prep["audio_hop"])
+  if codec is None:  # raw frames: segments of 1, 4, 4, ... frames, audio samples of the same spans
+    k = (prep["frames"] - 1) // RAW_TEMPORAL
+    _, a_segs, seconds = segments_for(1 + k, latent["audio"].shape[0], prep["fps"], RAW_TEMPORAL, prep["sample_rate"])
+    v_segs = (1,) + (RAW_TEMPORAL,) * k
+  else:
+    v_segs, a_segs, seconds = segments_for(latent["video"].shape[0], latent["audio"].shape[0], prep["fps"],
+                                           prep["temporal_downsample"], prep["sample_rate"] / prep["audio_hop"])
   stats_split = "train" if "train" in records else sorted(records)[0]
   spec = prepare.prepare(
       parts, out, modalities=("video", "audio"), segments={"video": v_segs, "audio": a_segs},
@@ -261,7 +293,8 @@ def encode(input_dir: epath.PathLike, output_dir: epath.PathLike, encoder: str, 
       progress=progress, source_ids=source_ids,
       produced_by={"tool": "monl.data.encode", "command": command, "input_dir": str(input_dir),
                    "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                   "encoder": job["encoder"], "preprocessing": prep, "inputs": inputs,
+                   "encoder": job["encoder"], **({"raw": True} if codec is None else {}),
+                   "preprocessing": prep, "inputs": inputs,
                    "skipped": [{"file": w, "reason": r} for w, r in bad], "parts_dir": str(parts)})
   for name, info in spec.splits.items():
     print(f"{name}: {info.num_examples} clips in {info.num_shards} shard(s)", flush=True)
@@ -275,11 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Video files with sound -> a monl latent dataset, through a trained autoencoder.")
   p.add_argument("--input", required=True, help="directory of video files (one subdirectory per split)")
   p.add_argument("--output", required=True, help="dataset directory to write")
-  p.add_argument("--encoder", required=True, help="a train_autoencoder run directory")
-  p.add_argument("--fps", type=float, help="frames per second (default: the encoder's config.media.fps)")
-  p.add_argument("--sample_rate", type=int, help="Hz (default: the encoder's)")
-  p.add_argument("--size", type=int, help="square frame size, px (default: the encoder's)")
-  p.add_argument("--clip_seconds", type=float, help="clip length (default: the encoder's frames / fps)")
+  which = p.add_mutually_exclusive_group(required=True)
+  which.add_argument("--encoder", help="a train_autoencoder run directory: write its latents")
+  which.add_argument("--raw", action="store_true",
+                     help="write the preprocessed clips themselves (the media dataset train_autoencoder trains on)")
+  p.add_argument("--fps", type=float, help="frames per second (default: the encoder's config.media.fps; --raw: 25)")
+  p.add_argument("--sample_rate", type=int, help="Hz (default: the encoder's; --raw: 16000)")
+  p.add_argument("--size", type=int, help="square frame size, px (default: the encoder's; --raw: 32)")
+  p.add_argument("--clip_seconds", type=float, help="clip length (default: the encoder's frames / fps; --raw: 17 / 25 s)")
   p.add_argument("--hop_seconds", type=float, help="start-to-start distance of clips (default: clip_seconds)")
   p.add_argument("--batch_size", type=int, default=16, help="clips per encoder call")
   p.add_argument("--num_shards", type=int, default=4, help="ArrayRecord shards per split (at most)")
@@ -292,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = build_parser().parse_args(argv)
   try:
-    encode(args.input, args.output, args.encoder, fps=args.fps, sample_rate=args.sample_rate, size=args.size,
+    encode(args.input, args.output, None if args.raw else args.encoder, fps=args.fps, sample_rate=args.sample_rate, size=args.size,
            clip_seconds=args.clip_seconds, hop_seconds=args.hop_seconds, batch_size=args.batch_size,
            num_shards=args.num_shards, overwrite=args.overwrite, progress=not args.no_progress,
            command="python -m monl.data.encode " + shlex.join(argv))
