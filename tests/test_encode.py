@@ -175,29 +175,76 @@ def test_encode_refuses_a_folder_without_video_and_a_run_that_is_not_an_encoder(
   assert not (tmp_path / "o").exists() and not (tmp_path / ("o" + encode.PARTS_SUFFIX)).exists()
 
 
-def test_mp4_folder_to_generated_mp4_with_sound(encoded, tmp_path):
-  """The README path: mp4 folder -> encode --raw -> train_autoencoder -> encode (the fixtures) -> train
-  AVDiT a few steps -> sample -> MP4 + compare MP4 decoded by that autoencoder."""
+@pytest.fixture(scope="module")
+def avdit_run(encoded, tmp_path_factory):
+  """(config, workdir) of AVDiT (the tiny test shrink of configs/default.py) trained 2 steps on `encoded`."""
   from conftest import tiny_config
-  from monl.sample import run as run_lib
   from monl.train import loop
   out, rc, _, stderr = encoded
   assert rc == 0, stderr
+  # latent video segments are 1 frame each and audio ones 2 or 8: the default (2, 0, 0) / (4,) patches
+  # do not divide them
   config = tiny_config(out, **{"train.num_steps": 2, "ckpt.every": 2, "data.batch_size": 2,
                                "sample.batch_size": 2, "layout.video.patch": (1, 0, 0),
                                "layout.audio.patch": (2,)})
-  workdir = str(tmp_path / "run")
+  workdir = str(tmp_path_factory.mktemp("avdit") / "run")
   loop.train(config, workdir)
+  return config, workdir
+
+
+def read_mp4(path):
+  """(fps, frames uint8 [T, H, W, 3], audio samples, sample rate, duration s) as PyAV reads them."""
+  with av.open(str(path)) as c:
+    vs, au = c.streams.video[0], c.streams.audio[0]
+    frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(vs)])
+    c.seek(0)
+    samples = sum(f.samples for f in c.decode(au))
+    return float(vs.average_rate), frames, samples, au.sample_rate, float(c.duration / av.time_base)
+
+
+def test_mp4_folder_to_generated_mp4_with_sound(encoder_run, avdit_run, tmp_path):
+  """The README path: mp4 folder -> encode --raw -> train_autoencoder -> encode (the fixtures) -> train
+  AVDiT a few steps -> sample -> MP4 + compare MP4 decoded by that autoencoder."""
+  from monl.autoencoder import load as ae_load
+  from monl.media import frames as frames_lib
+  from monl.sample import run as run_lib
+  config, workdir = avdit_run
   req = run_lib.SampleRequest(task="continue", split="test", num=2, steps=2, previews=1)
   manifests = run_lib.run(config, workdir, req, str(tmp_path / "samples"))
   files = manifests["continue"]["previews"]
   assert files == ["00000.mp4", "00000_compare.mp4"], files  # latents: no GIF/WAV/contact sheet
   for name, width in (("00000.mp4", 128), ("00000_compare.mp4", 3 * 128 + 4)):
-    with av.open(str(tmp_path / "samples" / "continue" / name)) as c:
-      vs, au = c.streams.video[0], c.streams.audio[0]
-      frames = [f.to_ndarray(format="rgb24") for f in c.decode(vs)]
-      c.seek(0)
-      samples = sum(f.samples for f in c.decode(au))
-      assert float(vs.average_rate) == 25 and len(frames) == 17 and frames[0].shape[1] == width
-      assert au.sample_rate == 16000 and 10880 <= samples < 10880 + 1024 * 2  # AAC pads to whole frames
-      assert float(c.duration / av.time_base) == pytest.approx(CLIP, abs=0.07)
+    fps, frames, samples, rate, seconds = read_mp4(tmp_path / "samples" / "continue" / name)
+    assert fps == 25 and frames.shape[:3] == (17, 128 + 8 * (name != "00000.mp4"), width), frames.shape
+    assert rate == 16000 and 10880 <= samples < 10880 + 2 * 1024  # AAC pads to whole 1024-sample frames
+    assert seconds == pytest.approx(CLIP, abs=0.07)
+  # the MP4 shows the autoencoder's decoding of the generated latents (to H.264's precision)
+  gen = np.load(tmp_path / "samples" / "continue" / "00000.npz")
+  codec = ae_load.load(encoder_run, batch_size=2)
+  rgb = codec.decode({"video": gen["video"][None], "audio": gen["audio"][None]})["video"][0]
+  want = frames_lib.upscale_nearest(frames_lib.to_uint8(rgb), 128).astype(int)
+  _, got, _, _, _ = read_mp4(tmp_path / "samples" / "continue" / "00000.mp4")
+  err = np.abs(got.astype(int) - want).mean()  # yuv420p halves the chroma resolution: a few levels off
+  assert err < 8 and np.abs(got.astype(int) - 128).mean() > 4 * err, err
+
+
+def test_evaluate_writes_decoded_mp4s_and_says_what_it_cannot_score(avdit_run, tmp_path):
+  from monl.eval import evaluate as ev
+  config, workdir = avdit_run
+  res = ev.evaluate(config, workdir, tasks="continue", num=2, steps=2, i3d=False, output=str(tmp_path / "e"),
+                    quiet=True)
+  m = res["tasks"]["continue"]
+  assert {"latent_fd_video", "latent_fd_audio"} <= set(m["metrics"])
+  assert "autoencoder latents" in m["skipped"]["av_align"] and "autoencoder latents" in m["skipped"]["fad_vggish"]
+  assert any("autoencoder latents" in n for n in res["notes"])
+  assert {"00000.mp4", "00000_compare.mp4"} <= set(os.listdir(tmp_path / "e" / "samples" / "continue"))
+
+
+def test_a_dataset_whose_encoder_run_is_gone_says_so():
+  from monl.data import decoders
+  spec = fmt.DatasetSpec(modalities=(), splits={}, produced_by={
+      "tool": "monl.data.encode", "encoder": {"run": "/nonexistent/ae", "checkpoint_step": 7}})
+  with pytest.raises(decoders.DecoderError, match=r"produced_by.encoder.run = '/nonexistent/ae' at checkpoint_step 7"):
+    decoders.decoder_for(spec)
+  with pytest.raises(decoders.DecoderError, match="must hold 'run' and 'checkpoint_step'"):
+    decoders.decoder_for(fmt.DatasetSpec(modalities=(), splits={}, produced_by={"tool": "monl.data.encode"}))
