@@ -7,6 +7,8 @@
   python -m monl.main data   --config configs/default.py      # the same for the configured (built-in) dataset
   python -m monl.main data   --verify DIR                     # read every record of every shard, list bad ones
   python -m monl.main check  --workdir RUN                    # verify a run: config, checkpoints, its data
+  python -m monl.main train_autoencoder --config configs/autoencoder_tiny.py --workdir RUN
+      # the audio-video autoencoder (monl.autoencoder): resumes like train, writes RUN/eval.json
   python -m monl.main sample --config configs/default.py --workdir /tmp/monl --task a2v \
       [--input DIR --split test --num 16 --steps 50 --guidance 1.5 --seed 0] --output DIR
   python -m monl.main plan   --config configs/avdit_paper.py --topology v5e:16x16 [--json]
@@ -28,7 +30,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "params", "data", "sample", "plan", "evaluate", "check")
+COMMANDS = ("train", "params", "data", "sample", "plan", "evaluate", "check", "train_autoencoder")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/default.py[:strategy=pm].",
@@ -77,6 +79,18 @@ def _cmd_train(config) -> int:
   except loop.Preempted as e:
     print(e, flush=True)
     return loop.PREEMPTED_EXIT_CODE
+  return 0
+
+
+def _cmd_train_autoencoder(config) -> int:
+  from monl.autoencoder import train as ae_train
+  if not FLAGS.workdir:
+    raise app.UsageError("train_autoencoder needs --workdir")
+  if config.get("kind") != "autoencoder":
+    print("monl train_autoencoder: --config is not an autoencoder config (configs/autoencoder_*.py)",
+          file=sys.stderr, flush=True)
+    return 2
+  ae_train.train(config, FLAGS.workdir)
   return 0
 
 
@@ -276,6 +290,10 @@ def main(argv) -> int | None:
   command, config = argv[1], FLAGS.config
   if command == "data" and FLAGS.verify:
     return _cmd_verify()
+  if command == "train_autoencoder":
+    if config is None:
+      raise app.UsageError("train_autoencoder needs --config (e.g. configs/autoencoder_tiny.py)")
+    return _cmd_train_autoencoder(config)
   if command == "check":
     if not FLAGS.workdir:
       raise app.UsageError("check needs --workdir RUN")

@@ -54,9 +54,10 @@ def _overlay(dst: ml_collections.ConfigDict, src: dict[str, Any], where: str, pr
                            f"({e})") from None
 
 
-def load(workdir: str | epath.Path) -> ml_collections.ConfigDict:
-  """WORKDIR/config.json over `configs.common.base_config()` (fields added since the run keep their
-  defaults; JSON lists become tuples). Raises RunConfigError if the file is missing or not a config."""
+def load(workdir: str | epath.Path, base: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+  """WORKDIR/config.json over `base` (default `configs.common.base_config()`; fields added since the run
+  keep their defaults; JSON lists become tuples). Raises RunConfigError if the file is missing or not a
+  config."""
   from configs import common
   p = path(workdir)
   if not p.exists():
@@ -67,7 +68,7 @@ def load(workdir: str | epath.Path) -> ml_collections.ConfigDict:
     raise RunConfigError(f"{p} is not valid JSON ({e})") from None
   if not isinstance(saved, dict):
     raise RunConfigError(f"{p} holds a {type(saved).__name__}, expected a config object")
-  config = common.base_config()
+  config = common.base_config() if base is None else base
   _overlay(config, saved, str(p))
   return config
 

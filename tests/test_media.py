@@ -294,11 +294,11 @@ def test_sample_writes_mp4_previews_with_sound(trained, tmp_path):
 
 
 def test_mp4_note_without_a_decoder(trained, monkeypatch):
-  from monl.eval import evaluate
+  from monl.data import decoders
   from monl.sample import run
   config, workdir = trained
   gen = run.Generator(config, workdir)
   assert run.mp4_note(gen, run.SampleRequest(previews=2)) is None
-  monkeypatch.setattr(evaluate, "decoder_for", lambda spec: None)
+  monkeypatch.setattr(decoders, "decoder_for", lambda spec: None)
   assert "no decoder" in run.mp4_note(gen, run.SampleRequest(previews=2))
   assert run.mp4_note(gen, run.SampleRequest(previews=0)) is None

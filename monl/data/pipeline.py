@@ -60,11 +60,14 @@ def layout_from_config(layout: Any) -> dict[str, tuple[tuple[int, ...], tuple[in
 class _DecodeRecord:
   """ArrayRecord bytes → normalised example. A class (not a closure) so worker processes can get it."""
 
-  def __init__(self, spec: fmt.DatasetSpec, source: shards.ShardedSource):
-    self.spec, self.source = spec, source
+  def __init__(self, spec: fmt.DatasetSpec, source: shards.ShardedSource, normalize: bool = True):
+    self.spec, self.source, self.normalize = spec, source, normalize
 
   def __call__(self, index: int, raw: bytes) -> dict[str, Any]:
     ex = fmt.decode_record(raw, self.spec, where=self.source.name(index))
+    if not self.normalize:
+      return {**{m.name: np.asarray(ex[m.name], np.float32) for m in self.spec.modalities},
+              "source_id": ex["source_id"]}
     return _normalized(self.spec, ex)
 
 
@@ -127,12 +130,13 @@ def _absl_flags_parsed() -> None:
 def make_dataset(data_dir: fmt.PathLike, split: str, *, batch_size: int, seed: int,
                  shard_index: int = 0, shard_count: int = 1, num_epochs: int | None = None,
                  shuffle: bool = True, num_threads: int = 2, prefetch: int = 2,
-                 worker_count: int = 0) -> grain.IterDataset:
+                 worker_count: int = 0, normalize: bool = True) -> grain.IterDataset:
   """Batches of split `split` of the monl dataset at `data_dir` (local or gs://).
 
   Yields `{name: np.float32 [batch_size, *shape] normalised, "source_id": str array [batch_size]}`.
   `batch_size` is per process; `shard_index`/`shard_count` are this process's index and the number of
-  processes; `num_epochs=None` repeats forever. `num_threads` read threads fill a buffer of `prefetch`
+  processes; `num_epochs=None` repeats forever; `normalize=False` yields the raw float32 values (media
+  datasets for the autoencoder). `num_threads` read threads fill a buffer of `prefetch`
   batches (keep prefetch >= num_threads, or threads idle); `worker_count > 0` adds that many worker
   processes (slower than threads on small hosts; same batch order). Raises DatasetError for a missing/malformed
   dataset.json, a missing shard file, or shards holding a different number of records than listed."""
@@ -144,7 +148,7 @@ def make_dataset(data_dir: fmt.PathLike, split: str, *, batch_size: int, seed: i
   if len(source) != expected:
     raise fmt.DatasetError(f"{data_dir}: split {split!r} shards hold {len(source)} records, but "
                            f"{fmt.SPEC_FILE} lists num_examples={expected}")
-  return _build(source, _DecodeRecord(spec, source), batch_size=batch_size,
+  return _build(source, _DecodeRecord(spec, source, normalize), batch_size=batch_size,
                 seed=seed, shard_index=shard_index, shard_count=shard_count, num_epochs=num_epochs,
                 shuffle=shuffle, num_threads=num_threads, prefetch=prefetch, worker_count=worker_count)
 

@@ -445,11 +445,13 @@ def prepare(input_dir: epath.PathLike, output_dir: epath.PathLike, *,
             outlier_k: float = 1000.0,
             overwrite: bool = False,
             produced_by: Mapping[str, Any] | None = None,
-            progress: bool = True) -> fmt.DatasetSpec:
+            progress: bool = True,
+            source_ids: Mapping[str, str] | None = None) -> fmt.DatasetSpec:
   """Builds a monl dataset at `output_dir` from `input_dir/<split>/*.npz`; returns its spec.
 
   See the module docstring for every rule. `produced_by` entries are merged into dataset.json's
-  `produced_by` (e.g. the synthetic generator's parameters). Raises BadInputsError (all problems
+  `produced_by` (e.g. the synthetic generator's parameters). `source_ids` maps 'split/relative/path.npz'
+  to the source id recorded for that file (default: its path relative to the split directory). Raises BadInputsError (all problems
   listed) if any file is bad and not `skip_bad`, DatasetError for every other bad argument or input.
   """
   input_dir, out = epath.Path(input_dir), epath.Path(output_dir)
@@ -543,7 +545,8 @@ def prepare(input_dir: epath.PathLike, output_dir: epath.PathLike, *,
                   stats[m].add(arrays[m])
               arrays = {m: arrays[m].astype(out_dtypes[m], copy=False) for m in modalities}
               bar.update(1)
-              yield fmt.encode_record(str(path.relative_to(input_dir / split)), arrays)
+              rel = str(path.relative_to(input_dir / split))
+              yield fmt.encode_record((source_ids or {}).get(f"{split}/{rel}", rel), arrays)
 
           _write_shard(tmp / fmt.shard_name(split, i, n_shards), records())
         split_infos[split] = fmt.SplitInfo(num_examples=len(files), num_shards=n_shards)

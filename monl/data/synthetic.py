@@ -76,24 +76,29 @@ SCORE_CAP_S = 0.5
 # simulation and rendering
 
 
-def _simulate_y(y0: float, vy0: float, r: float, e: float, times: np.ndarray) -> tuple[np.ndarray, list[float]]:
-  """Centre height at `times` (sorted) and floor bounce times, by exact ballistic arcs between bounces."""
+def _simulate_y(y0: float, vy0: float, r: float, e: float, times: np.ndarray, gravity: float = GRAVITY,
+                seconds: float = SECONDS) -> tuple[np.ndarray, list[float]]:
+  """Centre height at `times` (sorted) and floor bounce times before `seconds`, by exact ballistic arcs
+  between bounces (`gravity` in box heights / s²)."""
   ys = np.empty_like(times)
   bounces: list[float] = []
   t0, y, v = 0.0, y0, vy0
   i = 0
   while i < len(times):
     # Time from t0 until the arc reaches the floor (y = r) going down.
-    dt_hit = (v + math.sqrt(v * v + 2 * GRAVITY * (y - r))) / GRAVITY
+    dt_hit = (v + math.sqrt(v * v + 2 * gravity * (y - r))) / gravity
     t_hit = t0 + dt_hit
     while i < len(times) and times[i] <= t_hit:
       tau = times[i] - t0
-      ys[i] = y + v * tau - 0.5 * GRAVITY * tau * tau
+      ys[i] = y + v * tau - 0.5 * gravity * tau * tau
       i += 1
-    if t_hit < SECONDS:
+    if t_hit < seconds:
       bounces.append(t_hit)
-    v_impact = v - GRAVITY * dt_hit
+    v_impact = v - gravity * dt_hit
     t0, y, v = t_hit, r, -e * v_impact
+    if v < 1e-3:  # at rest on the floor (else infinitely many ever shorter bounces, Zeno's)
+      ys[i:] = r
+      break
   return ys, bounces
 
 

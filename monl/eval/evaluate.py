@@ -25,8 +25,8 @@ For every task (named tasks of `monl.sample.tasks`, the eval split `config.data.
      order of the eval split's first `num` clips), for paired tests between runs (`monl.ablate`).
    * `av_align` (higher is better): AV-align (`metrics.av_align`, audio onsets vs video motion peaks,
      IoU within ±1 video frame) of the whole clip, per clip, with the real clips' score as `real`,
-     for every task when the dataset has a decoder to RGB video + spectrogram (`decoder_for`: the
-     built-in datasets; their raw clips are that already).
+     for every task when the dataset has a decoder to RGB video + spectrogram (`monl.data.decoders.decoder_for`:
+     the built-in datasets; their raw clips are that already).
    * `fad_vggish`: Fréchet distance of VGGish embeddings (`monl.eval.plugins`) of the waveforms the
      decoder resynthesises from the generated audio frames (and the same frames of the real clips),
      when `config.eval.vggish_weights` names a local `.npz`; otherwise evaluate says once why FAD is
@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 from etils import epath
 
+from monl.data.decoders import Decoder, decoder_for, decoder_registry, encoded_by  # noqa: F401 (re-exported)
 from monl.eval import latent_fd as latent_fd_lib
 from monl.eval import metrics as metrics_lib
 
@@ -356,33 +357,6 @@ def ground_truth_for(spec, names: Sequence[str]) -> GroundTruth | None:
   return ground_truth_registry().get(gen.get("name"))
 
 
-@dataclasses.dataclass(frozen=True)
-class Decoder:
-  """How the raw clips of a dataset are seen and heard: video [T, H, W, 3] RGB in [0, 1] (clipped),
-  audio [T_a, F] log-magnitude spectrogram frames; frame i shows time (i + 0.5) / fps."""
-  video_fps: float
-  audio_fps: float
-  to_waveform: Callable[[np.ndarray], np.ndarray]  # audio [T_a', F] -> mono waveform [S]
-  sample_rate: int
-
-
-@functools.cache
-def decoder_registry() -> dict[str, Decoder]:
-  """`produced_by.generator.name` -> its Decoder. Both built-in datasets are pixels + spectrograms at
-  8 / 32 frames per second already, with the additive-resynthesis WAV decoder of the previews."""
-  from monl.data import symbols, synthetic
-  ball = Decoder(video_fps=synthetic.VIDEO_FPS, audio_fps=synthetic.AUDIO_FPS,
-                 to_waveform=synthetic.audio_to_waveform, sample_rate=16000)
-  return {synthetic.GENERATOR_NAME: ball,
-          symbols.GENERATOR_NAME: dataclasses.replace(ball, video_fps=symbols.VIDEO_FPS)}
-
-
-def decoder_for(spec) -> Decoder | None:
-  """The decoder of the built-in generator that produced `spec`'s dataset; None for other data."""
-  gen = spec.produced_by.get("generator")
-  return decoder_registry().get(gen.get("name")) if isinstance(gen, Mapping) else None
-
-
 def av_align_scores(video: np.ndarray, audio: np.ndarray, decoder: Decoder) -> np.ndarray:
   """Per-clip AV-align of raw clips video [B, T, H, W, 3], audio [B, T_a, F] -> [B] (higher is better)."""
   return metrics_lib.av_align_batch(np.clip(video, 0.0, 1.0), audio, decoder.video_fps, decoder.audio_fps)
@@ -421,13 +395,19 @@ def i3d_unavailable(settings: dict[str, Any], video_shape: Sequence[int] | None)
   return None
 
 
-def coverage_note(decoder: Decoder | None, i3d_reason: str | None, data_dir: str) -> str | None:
-  """One line saying what evaluate can measure on a dataset without a decoder; None when it has one."""
+def coverage_note(decoder: Decoder | None, i3d_reason: str | None, data_dir: str,
+                  encoded: bool = False) -> str | None:
+  """One line saying what evaluate can measure on a dataset without a (metrics) decoder; None when it
+  has one. `encoded`: the dataset holds autoencoder latents (`monl.data.encode`)."""
   if decoder is not None:
     return None
   what = "the latent-space Fréchet proxy (latent_fd_*, not comparable to literature FVD/FAD)"
   if i3d_reason is None:
     what += " and FVD/KVD on its RGB video"
+  if encoded:
+    return (f"{data_dir} holds autoencoder latents (monl.data.encode): evaluate computes only {what}; "
+            f"its MP4 previews are decoded by that autoencoder, but AV-align, FAD and FVD on decoded media "
+            f"are not implemented")
   return (f"{data_dir} has no decoder to RGB video + audio here (not a built-in dataset): evaluate computes "
           f"only {what}; no AV-align, FAD or ground-truth scores")
 
@@ -510,10 +490,15 @@ def evaluate(config, workdir: str, *, tasks: str | Sequence[str] = "all", num: i
     i3d_reason = f"i3d_max_clips={settings['i3d_max_clips']} < 2"
   dkey = dataset_key(data_dir)
 
-  decoder = decoder_for(gen.spec)
-  notes = [x for x in [coverage_note(decoder, i3d_reason, data_dir)] if x]  # printed and in results.json
+  # AV-align and FAD read the dataset's own arrays as RGB + spectrogram: not autoencoder latents (their
+  # decoder serves the MP4 previews only; scoring decoded media is not implemented)
+  encoded = encoded_by(gen.spec) is not None
+  decoder = None if encoded else decoder_for(gen.spec)
+  notes = [x for x in [coverage_note(decoder, i3d_reason, data_dir, encoded)] if x]  # printed and in results.json
   av_reason = None
-  if decoder is None:
+  if encoded:
+    av_reason = "the dataset holds autoencoder latents (monl.data.encode): AV-align on decoded media is not implemented"
+  elif decoder is None:
     av_reason = "no decoder to RGB video + spectrogram for this dataset (only the built-in datasets have one)"
   elif not {"video", "audio"} <= set(names):
     av_reason = f"needs both video and audio; the layout has {names}"
@@ -523,6 +508,8 @@ def evaluate(config, workdir: str, *, tasks: str | Sequence[str] = "all", num: i
   vggish, fad_reason = None, None
   if "audio" not in names:
     fad_reason = "no audio modality"
+  elif encoded:
+    fad_reason = "the dataset holds autoencoder latents (monl.data.encode): FAD on decoded audio is not implemented"
   elif decoder is None:
     fad_reason = "no decoder from this dataset's audio to a waveform (only the built-in datasets have one)"
   elif not settings["vggish_weights"]:

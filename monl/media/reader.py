@@ -2,7 +2,7 @@
 
 Timing (seconds from the container's start, usually 0):
   * video: output frame i stands for [i / fps, (i + 1) / fps) and shows time (i + 0.5) / fps, the
-    convention of monl's decoders (`monl.eval.evaluate.Decoder`). It is the source frame on screen at
+    convention of monl's decoders (`monl.data.decoders.Decoder`). It is the source frame on screen at
     that time, i.e. the last one whose timestamp is <= (i + 0.5) / fps (a frame is shown from its
     timestamp until the next one's). Frames are picked, never blended, so motion stays sharp; a slower
     source repeats frames. Before the first source frame the first frame is used.

@@ -1,8 +1,9 @@
-"""MP4 previews with sound of generated clips, for datasets whose raw clips a `monl.eval.evaluate.Decoder`
-turns into RGB video in [0, 1] + a waveform (the built-in ones):
+"""MP4 previews with sound of generated clips, for datasets whose clips a `monl.data.decoders.Decoder`
+turns into RGB video in [0, 1] + a waveform (the built-in ones, and autoencoder latents from
+`monl.data.encode`); these functions take the decoded RGB frames and waveform:
 
   <stem>.mp4          the generated clip: frames upscaled by nearest neighbour to >= `MIN_SIZE` px (a
-                      16x16 clip becomes 128x128), sound = `decoder.to_waveform(audio)`.
+                      16x16 clip becomes 128x128), with the decoded sound.
   <stem>_compare.mp4  conditional tasks only: given input | generated | real, side by side, 2 px white
                       gaps. The given-input panel is the real clip with every frame of a video segment
                       the task did not give blanked to mid grey; under it a bar per frame, its upper half
@@ -25,11 +26,10 @@ BLANK = 0.5  # grey of the frames the task did not give
 BAR = 8  # px: height of the given/generated bar under the given-input panel
 
 
-def clip_mp4(path: epath.Path, video: np.ndarray, audio: np.ndarray, decoder) -> epath.Path:
-  """`video: [T, H, W, 3]` in [0, 1], `audio: [T_a, F]` (the decoder's spectrogram frames) -> MP4."""
+def clip_mp4(path: epath.Path, video: np.ndarray, waveform: np.ndarray, fps: float, sample_rate: int) -> epath.Path:
+  """`video: [T, H, W, 3]` RGB in [0, 1], `waveform: [S]` mono -> MP4 (H.264 + AAC)."""
   frames = frames_lib.upscale_nearest(frames_lib.to_uint8(video), MIN_SIZE)
-  return writer.write_mp4(path, frames, decoder.to_waveform(audio), fps=decoder.video_fps,
-                          sample_rate=decoder.sample_rate)
+  return writer.write_mp4(path, frames, waveform, fps=fps, sample_rate=sample_rate)
 
 
 def frame_given(given_row: np.ndarray, segments, num_frames: int) -> np.ndarray:
@@ -66,14 +66,14 @@ def _fit(video: np.ndarray, num_frames: int) -> np.ndarray:
 
 
 def compare_mp4(path: epath.Path, real_video: np.ndarray, generated_video: np.ndarray,
-                generated_audio: np.ndarray, video_given: np.ndarray, audio_given: np.ndarray,
-                decoder) -> epath.Path:
+                generated_waveform: np.ndarray, video_given: np.ndarray, audio_given: np.ndarray,
+                fps: float, sample_rate: int) -> epath.Path:
   """Given input | generated | real (module docstring).
 
   Args:
-    real_video: [T', H, W, 3] in [0, 1] (the clip the task conditioned on); generated_video: [T, H, W, 3];
-    generated_audio: [T_a, F]; video_given, audio_given: [T] bool per video frame (`frame_given`,
-      `audio_given_at_frames`).
+    real_video: [T', H, W, 3] RGB in [0, 1] (the clip the task conditioned on); generated_video:
+      [T, H, W, 3]; generated_waveform: [S]; video_given, audio_given: [T] bool per video frame
+      (`frame_given`, `audio_given_at_frames`).
   """
   t = len(generated_video)
   real = _fit(np.asarray(real_video, np.float32), t)
@@ -82,5 +82,4 @@ def compare_mp4(path: epath.Path, real_video: np.ndarray, generated_video: np.nd
             for v in (given_input, generated_video, real)]
   left = np.concatenate([panels[0], _status_bar(video_given, audio_given, panels[0].shape[2])], axis=1)
   frames = frames_lib.side_by_side([left] + panels[1:])
-  return writer.write_mp4(path, frames, decoder.to_waveform(generated_audio), fps=decoder.video_fps,
-                          sample_rate=decoder.sample_rate)
+  return writer.write_mp4(path, frames, generated_waveform, fps=fps, sample_rate=sample_rate)

@@ -5,8 +5,10 @@ Output directory layout (one sub-directory per task):
   OUT/<task>/manifest.json       per clip: source clip, task, mask, sampler, steps, guidance, seed, step
   OUT/<task>/00000.gif/.wav      previews (built-in datasets only)
   OUT/<task>/00000.mp4           the same clip as video with sound; 00000_compare.mp4 for conditional tasks:
-                                 given input | generated | real (datasets with a decoder: `preview_mp4`)
-  OUT/<task>/contact_sheet.png   given (green) vs generated (red) cells of every previewed clip
+                                 given input | generated | real (datasets with a decoder: the built-in
+                                 ones, and autoencoder latents of `monl.data.encode`, decoded by that
+                                 autoencoder; `monl.data.decoders`, `preview_mp4`)
+  OUT/<task>/contact_sheet.png   given (green) vs generated (red) cells of every previewed clip (built-in only)
 """
 from __future__ import annotations
 
@@ -221,15 +223,21 @@ def _is_builtin(spec: data_format.DatasetSpec) -> bool:
   return builtin.module_for_spec(spec) is not None
 
 
-def _previewable(gen: Generator) -> bool:
-  """GIF/WAV previews and the contact sheet: built-in data with exactly video + audio."""
+def _gif_previewable(gen: Generator) -> bool:
+  """GIF/WAV previews and the contact sheet: built-in data (pixels + spectrogram) with exactly video + audio."""
   return _is_builtin(gen.spec) and set(gen.layout.names) == {"video", "audio"}
 
 
 def _mp4_decoder(gen: Generator):
-  """The `monl.eval.evaluate.Decoder` of the dataset (RGB video + a waveform), or None: no MP4 previews."""
-  from monl.eval import evaluate
-  return evaluate.decoder_for(gen.spec) if {"video", "audio"} <= set(gen.layout.names) else None
+  """The `monl.data.decoders.Decoder` of the dataset (to RGB video + a waveform: a built-in dataset's,
+  or the autoencoder that encoded it), or None: no MP4 previews."""
+  from monl.data import decoders
+  return decoders.decoder_for(gen.spec) if {"video", "audio"} <= set(gen.layout.names) else None
+
+
+def _previewable(gen: Generator) -> bool:
+  """Whether any preview (GIF/WAV, or MP4 through a decoder) can be written for this dataset."""
+  return _gif_previewable(gen) or _mp4_decoder(gen) is not None
 
 
 def mp4_note(gen: Generator, req: SampleRequest) -> str | None:
@@ -238,18 +246,18 @@ def mp4_note(gen: Generator, req: SampleRequest) -> str | None:
     return None
   if not {"video", "audio"} <= set(gen.layout.names):
     return f"no MP4 previews: they need both video and audio; the layout has {list(gen.layout.names)}"
-  return ("no MP4 previews: this dataset has no decoder from its clips to RGB video + a waveform (only "
-          "the built-in datasets have one: monl.eval.evaluate.decoder_for)")
+  return ("no MP4 previews: this dataset has no decoder from its clips to RGB video + a waveform (the "
+          "built-in datasets and those written by monl.data.encode have one: monl.data.decoders.decoder_for)")
 
 
 def _write_previews(gen: Generator, out_dir: epath.Path, generated, given, count: int, real,
                     decoder) -> list[str]:
-  files = []
+  lay = gen.layout
+  files = _write_mp4s(lay, out_dir, generated, given, count, real, decoder) if decoder is not None else []
+  if not _gif_previewable(gen):  # latents (monl.data.encode): only the decoded MP4s
+    return files
   for i in range(count):
     files += preview.write_clip(out_dir, f"{i:05d}", generated["video"][i], generated["audio"][i])
-  lay = gen.layout
-  if decoder is not None:
-    files += _write_mp4s(lay, out_dir, generated, given, count, real, decoder)
   video_segments, audio_segments = lay["video"].segments, lay["audio"].segments
   if generated["video"].shape[1] != lay["video"].shape[0]:  # long clips: segments repeat
     reps = generated["video"].shape[1] // video_segments[0]
@@ -279,17 +287,20 @@ def _write_mp4s(lay, out_dir: epath.Path, generated, given, count: int, real, de
   v_segs, a_segs = _segments_of(lay, "video", t), _segments_of(lay, "audio", t_a)
   full = np.zeros((len(names), len(v_segs)), bool)  # long clips: only the first window's cells were given
   full[:, : given.shape[1]] = given
-  video_given = preview_mp4.frame_given(full[vi], v_segs, t)
-  audio_given = preview_mp4.audio_given_at_frames(full[ai], a_segs, t_a, t, decoder.video_fps,
+  rgb, wave = decoder.decode(generated["video"][:count], generated["audio"][:count])  # [B, T, H, W, 3], [B, S]
+  t_rgb = rgb.shape[1]
+  video_given = preview_mp4.frame_given(full[vi], decoder.decoded_segments(v_segs), t_rgb)
+  audio_given = preview_mp4.audio_given_at_frames(full[ai], a_segs, t_a, t_rgb, decoder.video_fps,
                                                   decoder.audio_fps)
+  real_rgb = decoder.decode(real["video"][:count], real["audio"][:count])[0] if given.any() else None
   for i in range(count):
     stem = f"{i:05d}"
-    files.append(preview_mp4.clip_mp4(out_dir / f"{stem}.mp4", generated["video"][i], generated["audio"][i],
-                                      decoder).name)
-    if given.any():
-      files.append(preview_mp4.compare_mp4(out_dir / f"{stem}_compare.mp4", real["video"][i],
-                                           generated["video"][i], generated["audio"][i], video_given,
-                                           audio_given, decoder).name)
+    files.append(preview_mp4.clip_mp4(out_dir / f"{stem}.mp4", rgb[i], wave[i], decoder.video_fps,
+                                      decoder.sample_rate).name)
+    if real_rgb is not None:
+      files.append(preview_mp4.compare_mp4(out_dir / f"{stem}_compare.mp4", real_rgb[i], rgb[i], wave[i],
+                                           video_given, audio_given, decoder.video_fps,
+                                           decoder.sample_rate).name)
   return files
 
 

@@ -92,7 +92,9 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                              create=True))
     self._config = None if config is None else config_history.to_plain(config)
-    self._layout = None if config is None else layout_record(layout_lib.Layout.from_config(config.layout))
+    # configs without a layout (the autoencoder's) are recorded and shape-checked, not layout-checked
+    has_layout = config is not None and "layout" in config
+    self._layout = layout_record(layout_lib.Layout.from_config(config.layout)) if has_layout else None
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()

@@ -1,0 +1,128 @@
+"""A trained autoencoder run, restored for use: `load(RUN)` -> `Codec` with jitted `encode` / `decode`.
+
+RUN is a `train_autoencoder` workdir: RUN/config.json (the config, over
+`configs.autoencoder_common.base_config()`) and RUN/checkpoints (Orbax; the latest complete one is
+restored, verified by its checksums). Encoding and decoding run on the config's mesh with the batch
+sharded over its batch axes; batches are padded to a multiple of the device count and to the fixed
+`batch_size`, so one compiled program serves every call.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import numpy as np
+from etils import epath
+
+from monl.parallel import mesh as mesh_lib
+from monl.parallel import rules as rules_lib
+from monl.parallel import sharding
+
+
+@dataclasses.dataclass
+class Codec:
+  """Encoder + decoder of one run. `encode(video [B, T, H, W, 3] in [0, 1], audio [B, S])` ->
+  {'video': [B, 1 + (T-1)/4, H/8, W/8, C], 'audio': [B, S/hop, C_a]} posterior means (numpy float32);
+  `decode(latents)` -> {'video': [B, T, H, W, 3] in [0, 1], 'audio': [B, S] in (-1, 1)}."""
+  run_dir: str
+  step: int
+  config: object
+  model: object
+  params: object
+  mesh: object
+  rules: object
+  batch_size: int
+
+  @property
+  def hop(self) -> int:
+    return self.model.cfg.audio.hop
+
+  @property
+  def temporal_downsample(self) -> int:
+    return self.model.cfg.video.temporal_downsample
+
+  @property
+  def spatial_downsample(self) -> int:
+    return self.model.cfg.video.spatial_downsample
+
+  @functools.cached_property
+  def _encode(self):
+    m = self.model
+    return jax.jit(lambda p, v, a: m.apply(p, v, a, method=m.encode),
+                   in_shardings=(sharding.replicated(self.mesh), sharding.batch_sharding(self.mesh, self.rules, 5),
+                                 sharding.batch_sharding(self.mesh, self.rules, 2)))
+
+  @functools.cached_property
+  def _decode(self):
+    m = self.model
+    return jax.jit(lambda p, z: m.apply(p, z, method=m.decode),
+                   in_shardings=(sharding.replicated(self.mesh),
+                                 {"video": sharding.batch_sharding(self.mesh, self.rules, 5),
+                                  "audio": sharding.batch_sharding(self.mesh, self.rules, 3)}))
+
+  def _batched(self, fn, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    n = len(next(iter(arrays.values())))
+    bs, out = self.batch_size, {}
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      for lo in range(0, n, bs):
+        idx = np.minimum(np.arange(lo, lo + bs), n - 1)  # pad with the last clip, dropped below
+        res = jax.device_get(fn({k: v[idx] for k, v in arrays.items()}))
+        for k, v in res.items():
+          out.setdefault(k, []).append(np.asarray(v)[: min(bs, n - lo)])
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+  def encode(self, video: np.ndarray, audio: np.ndarray) -> dict[str, np.ndarray]:
+    video = np.asarray(video)
+    if video.dtype == np.uint8:
+      video = video.astype(np.float32) / 255.0
+    return self._batched(lambda b: self._encode(self.params, b["video"], b["audio"]),
+                         {"video": video.astype(np.float32), "audio": np.asarray(audio, np.float32)})
+
+  def decode(self, latents: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return self._batched(lambda b: self._decode(self.params, b),
+                         {k: np.asarray(latents[k], np.float32) for k in ("video", "audio")})
+
+
+def load_config(run_dir: str | epath.Path):
+  """RUN/config.json over the autoencoder base config; RunConfigError if missing or not an autoencoder's."""
+  from configs import autoencoder_common
+  from monl import run_config
+  config = run_config.load(run_dir, base=autoencoder_common.base_config())
+  if config.get("kind") != "autoencoder":
+    raise run_config.RunConfigError(f"{run_dir}: its config.json is not an autoencoder's (kind "
+                                    f"{config.get('kind')!r}); pass a train_autoencoder run")
+  return config
+
+
+def load(run_dir: str | epath.Path, *, use_ema: bool | None = None, batch_size: int = 16,
+         step: int | None = None) -> Codec:
+  """Checkpoint `step` (default: the latest) of the autoencoder run at `run_dir`; FileNotFoundError if
+  the run has no checkpoint, or not that step."""
+  from monl.autoencoder import train as ae_train
+  from monl.train import checkpoint as ckpt_lib
+  config = load_config(run_dir)
+  model = ae_train.build_model(config)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  rules = rules_lib.get_rules(config.mesh.rules)
+  factory = ae_train.StateFactory(config, model, ae_train.make_optimizer(config.train), mesh, rules)
+  directory = epath.Path(run_dir) / "checkpoints"
+  ckpt = ckpt_lib.Checkpointer(directory, keep=config.ckpt.keep, async_save=False, config=config)
+  latest = ckpt.latest_step()
+  if latest is None:
+    ckpt.close()
+    raise FileNotFoundError(f"no checkpoint under {directory}: train it first (python -m monl.main "
+                            f"train_autoencoder --config ... --workdir {run_dir})")
+  if step is not None and int(step) not in ckpt.all_steps():
+    steps = ckpt.all_steps()
+    ckpt.close()
+    raise FileNotFoundError(f"{directory} has no checkpoint step {step} (it has {sorted(steps)}; "
+                            f"config.ckpt.keep={config.ckpt.keep} may have deleted it)")
+  step = latest if step is None else int(step)
+  state = ckpt.restore(step, factory.abstract)
+  ckpt.close()
+  ema = config.eval.use_ema if use_ema is None else use_ema
+  bs = -(-batch_size // jax.device_count()) * jax.device_count()
+  return Codec(run_dir=str(run_dir), step=int(step), config=config, model=model,
+               params=state.ema_params if ema else state.params, mesh=mesh, rules=rules, batch_size=bs)
