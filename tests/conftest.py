@@ -8,6 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
@@ -47,3 +48,25 @@ def trained(builtin_dataset, tmp_path_factory):
   config = tiny_config(builtin_dataset, **{"train.num_steps": 4, "ckpt.every": 4, "sample.batch_size": 4})
   loop.train(config, str(workdir))
   return config, str(workdir)
+
+
+class FakeI3D:
+  """Stands in for I3D (1.5 s per clip on CPU): a fixed projection of the mean frame; records the
+  shape of every `features` pass and that its clips arrived in chunks of at most `batch_size`."""
+  provenance = {"extractor": "fake", "package": "test", "port_of": "none", "resize": "none"}
+  batch_size = 3
+
+  def __init__(self):
+    self.calls = []
+    self.w = np.random.default_rng(0).normal(size=(16 * 16 * 3, 6))
+
+  def features(self, chunks, total=None, out=None, progress=None):
+    chunks = list(chunks)
+    assert all(len(c) <= self.batch_size for c in chunks)  # streamed from disk, one batch at a time
+    videos = np.concatenate(chunks)
+    assert videos.shape[1] >= 9 and videos.max() <= 255.0 and len(videos) == total
+    self.calls.append(videos.shape)
+    feats = videos.reshape(*videos.shape[:2], -1).mean(1) @ self.w
+    if out is not None:
+      np.save(out, feats)
+    return feats

@@ -228,16 +228,41 @@ def test_mp4_folder_to_generated_mp4_with_sound(encoder_run, avdit_run, tmp_path
   assert err < 8 and np.abs(got.astype(int) - 128).mean() > 4 * err, err
 
 
-def test_evaluate_writes_decoded_mp4s_and_says_what_it_cannot_score(avdit_run, tmp_path):
+def test_evaluate_scores_the_media_the_autoencoder_decodes(encoder_run, avdit_run, tmp_path, monkeypatch):
+  """AV-align, FVD/KVD (and FAD's waveforms) on latents score the autoencoder's RGB and waveform."""
+  from conftest import FakeI3D
+  from monl.autoencoder import load as ae_load
+  from monl.data import decoders
   from monl.eval import evaluate as ev
+  from monl.eval import metrics
   config, workdir = avdit_run
-  res = ev.evaluate(config, workdir, tasks="continue", num=2, steps=2, i3d=False, output=str(tmp_path / "e"),
-                    quiet=True)
-  m = res["tasks"]["continue"]
-  assert {"latent_fd_video", "latent_fd_audio"} <= set(m["metrics"])
-  assert "autoencoder latents" in m["skipped"]["av_align"] and "autoencoder latents" in m["skipped"]["fad_vggish"]
-  assert any("autoencoder latents" in n for n in res["notes"])
-  assert {"00000.mp4", "00000_compare.mp4"} <= set(os.listdir(tmp_path / "e" / "samples" / "continue"))
+  config = config.copy_and_resolve_references()
+  config.eval.cache_dir = str(tmp_path / "cache")
+  fake = FakeI3D()
+  monkeypatch.setattr(ev, "make_i3d", lambda settings: fake)
+  res = ev.evaluate(config, workdir, tasks="joint", num=2, steps=2, i3d=True, i3d_max_clips=2,
+                    output=str(tmp_path / "e"), quiet=True)
+  m = res["tasks"]["joint"]
+  assert {"latent_fd_video", "latent_fd_audio", "av_align", "fvd_i3d", "kvd_i3d"} <= set(m["metrics"])
+  assert "config.eval.vggish_weights is ''" in m["skipped"]["fad_vggish"]
+  assert any(f"decoded by autoencoder {encoder_run}@2" in n for n in res["notes"]), res["notes"]
+  assert "decoding of the real clips' latents" in res["real_reference"]["av_align"]["label"]
+  files = set(os.listdir(tmp_path / "e" / "samples" / "joint"))
+  assert "00000.mp4" in files and "00000_compare.mp4" not in files  # joint gives nothing to compare
+  # I3D saw the decoded clips (17 RGB frames of 16 x 16 in [0, 255]), real and generated
+  assert fake.calls == [(2, 17, 16, 16, 3)] * 2, fake.calls
+  assert m["metrics"]["fvd_i3d"]["provenance"]["decoded_by"] == f"autoencoder {encoder_run}@2"
+  # AV-align per clip is that of the autoencoder's decoding of the samples, recomputed here
+  samples = [np.load(tmp_path / "e" / "samples" / "joint" / f"{i:05d}.npz") for i in range(2)]
+  lat = {k: np.stack([g[k] for g in samples]) for k in ("video", "audio")}
+  dec = ae_load.load(encoder_run, batch_size=2).decode(lat)
+  want = [metrics.av_align_waveform(v, w, 25.0, 16000) for v, w in zip(dec["video"], dec["audio"])]
+  np.testing.assert_allclose(m["metrics"]["av_align"]["per_clip"], want)
+  # FAD's waveforms: the decoded samples of the chosen audio latent frames (320 per frame), in order
+  decoder = decoders.decoder_for(fmt.load_spec(res["dataset"]))
+  wave = ev.fad_waveforms(lat, np.array([3, 4, 9]), decoder)
+  want = np.concatenate([dec["audio"][:, f * 320:(f + 1) * 320] for f in (3, 4, 9)], axis=1)
+  np.testing.assert_allclose(wave, want, atol=1e-6)
 
 
 def test_a_dataset_whose_encoder_run_is_gone_says_so():

@@ -4,31 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import FakeI3D, tiny_config
 from monl.eval import evaluate as ev
 from monl.eval import metrics
-
-
-class FakeI3D:
-  """Stands in for I3D (1.5 s per clip on CPU): a fixed projection of the mean frame; records the
-  shape of every `features` pass and that its clips arrived in chunks of at most `batch_size`."""
-  provenance = {"extractor": "fake", "package": "test", "port_of": "none", "resize": "none"}
-  batch_size = 3
-
-  def __init__(self):
-    self.calls = []
-    self.w = np.random.default_rng(0).normal(size=(16 * 16 * 3, 6))
-
-  def features(self, chunks, total=None, out=None, progress=None):
-    chunks = list(chunks)
-    assert all(len(c) <= self.batch_size for c in chunks)  # streamed from disk, one batch at a time
-    videos = np.concatenate(chunks)
-    assert videos.shape[1] >= 9 and videos.max() <= 255.0 and len(videos) == total
-    self.calls.append(videos.shape)
-    feats = videos.reshape(*videos.shape[:2], -1).mean(1) @ self.w
-    if out is not None:
-      np.save(out, feats)
-    return feats
 
 
 def test_generated_frames_and_exclusion_of_conditioning_segments():
@@ -147,7 +125,7 @@ def test_evaluate_fad_with_tiny_vggish(trained, tmp_path):
   ids, real = pipeline.read_clips(res["dataset"], res["split"], 4, ("video", "audio"))
   vggish = plugins.load_extractor("vggish", tmp_path / "vggish.npz")
   dec = ev.decoder_registry()["monl.data.synthetic.bouncing_ball"]
-  same = ev.fad_entry(vggish, real["audio"], real["audio"], np.arange(64), dec, ev.settings_from_config(config),
+  same = ev.fad_entry(vggish, real, real, np.arange(64), dec, ev.settings_from_config(config),
                       {"dataset": res["dataset_key"], "split": res["split"], "num": 4})
   assert abs(same["value"]) < 1e-6 * max(1.0, v2a["value"]) and same["provenance"]["cache_hit"]
 

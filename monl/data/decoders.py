@@ -39,6 +39,7 @@ class Decoder:
   decode_clips(video [B, T', ...], audio [B, T_a, ...]) -> (rgb [B, T, H, W, 3] in [0, 1], waveform [B, S]).
   to_waveform: audio [T_a, F] spectrogram frames -> waveform [S] (spectrogram decoders only; None else).
   temporal_upsample: decoded frames per dataset video frame after the first (1: the frames are RGB).
+  spatial_upsample: decoded pixels per dataset video position along H and W (1: the frames are RGB).
   """
   video_fps: float
   audio_fps: float
@@ -46,6 +47,7 @@ class Decoder:
   decode_clips: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
   to_waveform: Callable[[np.ndarray], np.ndarray] | None = None
   temporal_upsample: int = 1
+  spatial_upsample: int = 1
   name: str = ""
 
   @property
@@ -57,6 +59,24 @@ class Decoder:
     """video [B, T', ...], audio [B, T_a, ...] -> (rgb float32 [B, T, H, W, 3] in [0, 1], waveform [B, S])."""
     rgb, wave = self.decode_clips(np.asarray(video, np.float32), np.asarray(audio, np.float32))
     return np.clip(np.asarray(rgb, np.float32), 0.0, 1.0), np.asarray(wave, np.float32)
+
+  @property
+  def hop(self) -> int:
+    """Waveform samples per frame of the dataset's audio modality."""
+    return int(round(self.sample_rate / self.audio_fps))
+
+  def decoded_video_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+    """A dataset video shape [T', H', W', C'] -> the decoded RGB clip's [T, H, W, 3]."""
+    if self.spectrogram:
+      return tuple(shape)
+    t, h, w = shape[:3]
+    return (sum(self.decoded_segments((t,))), h * self.spatial_upsample, w * self.spatial_upsample, 3)
+
+  def decoded_chunks(self, video: np.ndarray, audio: np.ndarray, chunk: int = 64):
+    """Yields `decode` of clips [lo, lo + chunk) of video [B, T', ...], audio [B, T_a, ...] in order,
+    so that at most `chunk` decoded clips are in memory."""
+    for lo in range(0, len(video), chunk):
+      yield self.decode(video[lo:lo + chunk], audio[lo:lo + chunk])
 
   def decoded_segments(self, segments: Sequence[int]) -> tuple[int, ...]:
     """Video segment lengths in dataset frames -> the same segments in decoded RGB frames."""
@@ -114,7 +134,8 @@ def autoencoder_decoder(run: str, step: int) -> Decoder:
     out = codec.decode({"video": video, "audio": audio})
     return out["video"], out["audio"]
   return Decoder(video_fps=float(m.fps), audio_fps=float(m.sample_rate) / codec.hop, sample_rate=int(m.sample_rate),
-                 decode_clips=decode, temporal_upsample=codec.temporal_downsample, name=f"autoencoder {run}@{step}")
+                 decode_clips=decode, temporal_upsample=codec.temporal_downsample,
+                 spatial_upsample=codec.spatial_downsample, name=f"autoencoder {run}@{step}")
 
 
 def decoder_for(spec) -> Decoder | None:

@@ -25,14 +25,18 @@ For every task (named tasks of `monl.sample.tasks`, the eval split `config.data.
      order of the eval split's first `num` clips), for paired tests between runs (`monl.ablate`).
    * `av_align` (higher is better): AV-align (`metrics.av_align`, audio onsets vs video motion peaks,
      IoU within ±1 video frame) of the whole clip, per clip, with the real clips' score as `real`,
-     for every task when the dataset has a decoder to RGB video + spectrogram (`monl.data.decoders.decoder_for`:
-     the built-in datasets; their raw clips are that already).
-   * `fad_vggish`: Fréchet distance of VGGish embeddings (`monl.eval.plugins`) of the waveforms the
-     decoder resynthesises from the generated audio frames (and the same frames of the real clips),
-     when `config.eval.vggish_weights` names a local `.npz`; otherwise evaluate says once why FAD is
-     off and lists it under `skipped`.
-   On a dataset without a decoder (e.g. the paper config's MAGVIT-v2 / SoundStream latents) only the
-   latent proxy (and FVD/KVD if its video is RGB) applies; evaluate prints this (`results["notes"]`).
+     for every task when the dataset has a decoder (`monl.data.decoders.decoder_for`): the built-in
+     datasets' raw clips are RGB + spectrogram frames already; autoencoder latents written by
+     `monl.data.encode` are decoded by their autoencoder to RGB + a waveform (onsets from its STFT).
+   * `fad_vggish`: Fréchet distance of VGGish embeddings (`monl.eval.plugins`) of the waveforms of
+     the generated audio frames (and the same frames of the real clips): resynthesised from spectrogram
+     frames, or the decoded waveform's samples of those frames; when `config.eval.vggish_weights`
+     names a local `.npz`; otherwise evaluate says once why FAD is off and lists it under `skipped`.
+   On autoencoder latents, FVD/KVD too score the decoded RGB frames of the generated segments, and
+   "real" is the autoencoder's decoding of the real clips' latents (the source files are not in the
+   dataset): the scores measure the diffusion model, not the reconstruction. On a dataset without a
+   decoder (e.g. the paper config's MAGVIT-v2 / SoundStream latents) only the latent proxy (and
+   FVD/KVD if its video is RGB) applies; evaluate prints this (`results["notes"]`).
    Conditioning segments are EXCLUDED from the Fréchet metrics (latent FD, FVD, KVD, FAD): only the
    frames of the segments the task generates are compared, at the same positions in the real clips,
    as the paper does for continuation/interpolation. The ground-truth scores use the whole clip (the
@@ -229,21 +233,24 @@ def real_stats_cached(cache_dir: str, key: dict[str, Any], compute: Callable[[],
   return stats, False, str(path)
 
 
-def fad_entry(vggish, real_audio: np.ndarray, gen_audio: np.ndarray, frames: np.ndarray, decoder: Decoder,
-              settings: dict[str, Any], key: dict[str, Any]) -> dict[str, Any]:
-  """FAD between real and generated audio [B, T_a, F] over the audio frames [K]: every VGGish example
-  of every clip's resynthesised waveform is one feature vector; real statistics are cached."""
+def fad_entry(vggish, real: Mapping[str, np.ndarray], gen: Mapping[str, np.ndarray], frames: np.ndarray,
+              decoder: Decoder, settings: dict[str, Any], key: dict[str, Any]) -> dict[str, Any]:
+  """FAD between real and generated clips' audio over the audio frames [K] (`fad_waveforms`): every
+  VGGish example of every clip's waveform is one feature vector; real statistics are cached."""
   frange = _ranges(frames)
-  prov = dict(vggish.provenance, frames=frange, num_clips=len(gen_audio), waveform=(
-      f"{decoder.to_waveform.__module__}.{decoder.to_waveform.__name__} at {decoder.sample_rate} Hz"))
-  embed = lambda audio: vggish.embed_waveforms(fad_waveforms(audio, frames, decoder), decoder.sample_rate)
+  how = (f"{decoder.to_waveform.__module__}.{decoder.to_waveform.__name__}" if decoder.spectrogram
+         else decoder.name)
+  prov = dict(vggish.provenance, frames=frange, num_clips=len(gen["audio"]),
+              waveform=f"{how} at {decoder.sample_rate} Hz")
+  embed = lambda clips: vggish.embed_waveforms(fad_waveforms(clips, frames, decoder), decoder.sample_rate)
   key = dict(key, extractor=f"vggish-{vggish.provenance['weights_sha256'][:12]}", frames=frange)
   rstats, hit, cpath = real_stats_cached(settings["cache_dir"], key,
-                                         lambda: embed(real_audio).reshape(-1, vggish.embedding_size), prov)
-  gfeats = embed(gen_audio)
+                                         lambda: embed(real).reshape(-1, vggish.embedding_size), prov)
+  gfeats = embed(gen)
   prov.update(examples_per_clip=int(gfeats.shape[1]), real_stats_cache=cpath, cache_hit=hit)
+  what = "resynthesised" if decoder.spectrogram else "decoded"
   return {"value": frechet_distance_features(rstats.features, gfeats.reshape(-1, gfeats.shape[-1])),
-          "label": (f"FAD (VGGish, {len(gen_audio)} clips x {gfeats.shape[1]} examples of resynthesised audio; "
+          "label": (f"FAD (VGGish, {len(gen['audio'])} clips x {gfeats.shape[1]} examples of {what} audio; "
                     "not comparable to paper FADs)"), "provenance": prov}
 
 
@@ -252,13 +259,17 @@ def _i3d_input(video: np.ndarray, frames: np.ndarray, scale: float) -> np.ndarra
 
 
 def i3d_features(extractor, clips_dir, split: str, num: int, frames: np.ndarray, scale: float,
-                 out=None, progress: str | None = None) -> np.ndarray:
+                 out=None, progress: str | None = None, decoder: Decoder | None = None) -> np.ndarray:
   """I3D features [num, 400] of the first `num` clips of `clips_dir` (a dataset's `split` or a
   directory of sampled `.npz`), frames [K] only, streamed from disk one extractor batch at a time
-  (so N = 2048+ clips never sit in memory together); `out`: a local `.npy` to write them to."""
+  (so N = 2048+ clips never sit in memory together); `out`: a local `.npy` to write them to.
+  `decoder` (autoencoder latents): each batch is decoded to RGB first and `frames` index decoded frames."""
   from monl.data import pipeline
-  chunks = (_i3d_input(b["video"], frames, scale)
-            for _, b in pipeline.iter_clips(clips_dir, split, num, ["video"], extractor.batch_size))
+  latents = decoder is not None and not decoder.spectrogram
+  names = ["video", "audio"] if latents else ["video"]
+  batches = (b for _, b in pipeline.iter_clips(clips_dir, split, num, names, extractor.batch_size))
+  videos = (decoder.decode(b["video"], b["audio"])[0] for b in batches) if latents else (b["video"] for b in batches)
+  chunks = (_i3d_input(v, frames, scale) for v in videos)
   return extractor.features(chunks, total=num, out=out, progress=progress)
 
 
@@ -358,8 +369,13 @@ def ground_truth_for(spec, names: Sequence[str]) -> GroundTruth | None:
 
 
 def av_align_scores(video: np.ndarray, audio: np.ndarray, decoder: Decoder) -> np.ndarray:
-  """Per-clip AV-align of raw clips video [B, T, H, W, 3], audio [B, T_a, F] -> [B] (higher is better)."""
-  return metrics_lib.av_align_batch(np.clip(video, 0.0, 1.0), audio, decoder.video_fps, decoder.audio_fps)
+  """Per-clip AV-align (higher is better) of a dataset's clips video [B, T', ...], audio [B, T_a, ...] -> [B]:
+  on the arrays themselves when they are RGB + spectrogram frames (built-in datasets), else on the
+  decoder's RGB frames and waveform (autoencoder latents; the waveform's STFT gives the onsets)."""
+  if decoder.spectrogram:
+    return metrics_lib.av_align_batch(np.clip(video, 0.0, 1.0), audio, decoder.video_fps, decoder.audio_fps)
+  return np.asarray([metrics_lib.av_align_waveform(v, w, decoder.video_fps, decoder.sample_rate)
+                     for rgb, wave in decoder.decoded_chunks(video, audio) for v, w in zip(rgb, wave)], np.float64)
 
 
 def av_align_entry(scores: np.ndarray, real: float | None) -> dict[str, Any]:
@@ -371,9 +387,15 @@ def av_align_entry(scores: np.ndarray, real: float | None) -> dict[str, Any]:
                          "window": "±1 video frame (open)", "matching": "one-to-one"}}
 
 
-def fad_waveforms(audio: np.ndarray, frames: np.ndarray, decoder: Decoder) -> np.ndarray:
-  """The decoder's waveforms of audio [B, T_a, F] restricted to the frames [K] -> [B, S]."""
-  return np.stack([decoder.to_waveform(a[frames]) for a in np.asarray(audio, np.float32)])
+def fad_waveforms(clips: Mapping[str, np.ndarray], frames: np.ndarray, decoder: Decoder) -> np.ndarray:
+  """The decoder's waveforms of the clips' audio [B, T_a, ...] restricted to the audio frames [K] -> [B, S]:
+  spectrogram frames are resynthesised from those frames alone; an autoencoder's waveform of the whole
+  clip is cut to the samples of those frames (`hop` per frame), in order."""
+  if decoder.spectrogram:
+    return np.stack([decoder.to_waveform(a[frames]) for a in np.asarray(clips["audio"], np.float32)])
+  hop = decoder.hop
+  idx = (np.asarray(frames)[:, None] * hop + np.arange(hop)[None, :]).ravel()
+  return np.concatenate([wave[:, idx] for _, wave in decoder.decoded_chunks(clips["video"], clips["audio"])])
 
 
 def make_vggish(settings: dict[str, Any]):
@@ -395,19 +417,19 @@ def i3d_unavailable(settings: dict[str, Any], video_shape: Sequence[int] | None)
   return None
 
 
-def coverage_note(decoder: Decoder | None, i3d_reason: str | None, data_dir: str,
-                  encoded: bool = False) -> str | None:
-  """One line saying what evaluate can measure on a dataset without a (metrics) decoder; None when it
-  has one. `encoded`: the dataset holds autoencoder latents (`monl.data.encode`)."""
-  if decoder is not None:
+def coverage_note(decoder: Decoder | None, i3d_reason: str | None, data_dir: str) -> str | None:
+  """One line saying what evaluate measures on a dataset of autoencoder latents, or can measure on a
+  dataset without a decoder; None for the built-in datasets (RGB + spectrogram: everything applies)."""
+  if decoder is not None and decoder.spectrogram:
     return None
+  if decoder is not None:
+    return (f"{data_dir} holds autoencoder latents (monl.data.encode): AV-align, FAD and FVD/KVD score the "
+            f"media decoded by {decoder.name}, against its decoding of the real clips' latents (the source "
+            f"files are not in the dataset): they measure the diffusion model, not the autoencoder's "
+            f"reconstruction (train_autoencoder's eval.json does); no ground-truth scores")
   what = "the latent-space Fréchet proxy (latent_fd_*, not comparable to literature FVD/FAD)"
   if i3d_reason is None:
     what += " and FVD/KVD on its RGB video"
-  if encoded:
-    return (f"{data_dir} holds autoencoder latents (monl.data.encode): evaluate computes only {what}; "
-            f"its MP4 previews are decoded by that autoencoder, but AV-align, FAD and FVD on decoded media "
-            f"are not implemented")
   return (f"{data_dir} has no decoder to RGB video + audio here (not a built-in dataset): evaluate computes "
           f"only {what}; no AV-align, FAD or ground-truth scores")
 
@@ -482,7 +504,15 @@ def evaluate(config, workdir: str, *, tasks: str | Sequence[str] = "all", num: i
       real_ref[k] = _mean_entry(v, k, None, truth)
       real_ref[k]["label"] = truth.labels[k] + " on real clips (reference floor)"
 
+  # The decoder to RGB + audio that AV-align, FAD and (on latents) FVD see the clips through: a built-in
+  # dataset's arrays are RGB + spectrogram already; autoencoder latents are decoded by their autoencoder.
+  decoder = decoder_for(gen.spec)
+  latents = decoder is not None and not decoder.spectrogram  # (such datasets have video and audio)
+  real_what = "the autoencoder's decoding of the real clips' latents" if latents else "real clips"
   vshape = lay["video"].shape if "video" in names else None
+  video_segs = lay["video"].segments if "video" in names else None
+  if latents:  # FVD on the decoded RGB frames
+    vshape, video_segs = decoder.decoded_video_shape(vshape), decoder.decoded_segments(video_segs)
   i3d_reason = i3d_unavailable(settings, vshape)
   extractor = None
   k_i3d = min(n, int(settings["i3d_max_clips"]))
@@ -490,28 +520,22 @@ def evaluate(config, workdir: str, *, tasks: str | Sequence[str] = "all", num: i
     i3d_reason = f"i3d_max_clips={settings['i3d_max_clips']} < 2"
   dkey = dataset_key(data_dir)
 
-  # AV-align and FAD read the dataset's own arrays as RGB + spectrogram: not autoencoder latents (their
-  # decoder serves the MP4 previews only; scoring decoded media is not implemented)
-  encoded = encoded_by(gen.spec) is not None
-  decoder = None if encoded else decoder_for(gen.spec)
-  notes = [x for x in [coverage_note(decoder, i3d_reason, data_dir, encoded)] if x]  # printed and in results.json
+  notes = [x for x in [coverage_note(decoder, i3d_reason, data_dir)] if x]  # printed and in results.json
   av_reason = None
-  if encoded:
-    av_reason = "the dataset holds autoencoder latents (monl.data.encode): AV-align on decoded media is not implemented"
-  elif decoder is None:
-    av_reason = "no decoder to RGB video + spectrogram for this dataset (only the built-in datasets have one)"
-  elif not {"video", "audio"} <= set(names):
+  if not {"video", "audio"} <= set(names):
     av_reason = f"needs both video and audio; the layout has {names}"
+  elif decoder is None:
+    av_reason = ("no decoder to RGB video + audio for this dataset (the built-in datasets and autoencoder "
+                 "latents written by monl.data.encode have one)")
   else:
     scores = av_align_scores(real["video"], real["audio"], decoder)
-    real_ref["av_align"] = dict(av_align_entry(scores, None), label=AV_ALIGN_LABEL + " on real clips (reference)")
+    real_ref["av_align"] = dict(av_align_entry(scores, None), label=AV_ALIGN_LABEL + f" on {real_what} (reference)")
   vggish, fad_reason = None, None
   if "audio" not in names:
     fad_reason = "no audio modality"
-  elif encoded:
-    fad_reason = "the dataset holds autoencoder latents (monl.data.encode): FAD on decoded audio is not implemented"
   elif decoder is None:
-    fad_reason = "no decoder from this dataset's audio to a waveform (only the built-in datasets have one)"
+    fad_reason = ("no decoder from this dataset's audio to a waveform (the built-in datasets and autoencoder "
+                  "latents written by monl.data.encode have one)")
   elif not settings["vggish_weights"]:
     fad_reason = ("off: config.eval.vggish_weights is '' (VGGish weights cannot be downloaded here; convert "
                   "vggish_model.ckpt to the .npz layout of monl.eval.plugins.VGGISH_NPZ_KEYS and set the path)")
@@ -558,7 +582,7 @@ def evaluate(config, workdir: str, *, tasks: str | Sequence[str] = "all", num: i
     # FVD / KVD
     if "video" in names:
       vi = names.index("video")
-      frames = np.flatnonzero(generated_frames(~given[vi], lay["video"].segments))
+      frames = np.flatnonzero(generated_frames(~given[vi], video_segs))  # decoded frames on latents
       reason = i3d_reason
       if reason is None and len(frames) == 0:
         reason = "video is fully given (nothing generated)"
@@ -574,25 +598,30 @@ def evaluate(config, workdir: str, *, tasks: str | Sequence[str] = "all", num: i
                "num": k_i3d, "frames": frange, "scale": scale}
         prov = dict(getattr(extractor, "provenance", {}), num_clips=k_i3d, frames=frange,
                     input_size=f"{vshape[1]}x{vshape[2]} upsampled to 224x224", video_scale=scale)
+        if latents:
+          key["decoder"] = prov["decoded_by"] = decoder.name
+        via = decoder if latents else None
         t_real = time.perf_counter()
         bar = None if quiet else f"I3D {task}"
         rstats, hit, cpath = real_stats_cached(
             settings["cache_dir"], key,
-            lambda: i3d_features(extractor, data_dir, split, k_i3d, frames, scale, progress=bar and bar + " (real)"),
+            lambda: i3d_features(extractor, data_dir, split, k_i3d, frames, scale, progress=bar and bar + " (real)",
+                                 decoder=via),
             prov)
         t_real = time.perf_counter() - t_real
         local = "://" not in str(task_dir)  # np.memmap needs a local file
         gfeats = i3d_features(extractor, task_dir, split, k_i3d, frames, scale, progress=bar,
-                              out=str(task_dir / "i3d_features.npy") if local else None)
+                              out=str(task_dir / "i3d_features.npy") if local else None, decoder=via)
         gstats = metrics_lib.FeatureStats.from_features(gfeats, keep_features=True, meta=prov)
         cache_info = {"real_stats_cache": cpath, "cache_hit": hit, "real_seconds": round(t_real, 2)}
+        decoded = " decoded" if latents else ""
         metrics["fvd_i3d"] = {"value": frechet_distance_features(rstats.features, gstats.features),
-                              "label": f"FVD (I3D K400 logits, {k_i3d} clips; not comparable to paper FVDs)",
+                              "label": f"FVD (I3D K400 logits, {k_i3d}{decoded} clips; not comparable to paper FVDs)",
                               "provenance": dict(prov, **cache_info)}
         kvd, kvd_std = metrics_lib.kernel_distance(rstats.features, gstats.features, subset_size=k_i3d,
                                                    num_subsets=int(settings["kvd_subsets"]), seed=seed)
         metrics["kvd_i3d"] = {"value": kvd, "std": kvd_std,
-                              "label": f"KVD (I3D K400 logits, poly-kernel MMD², {k_i3d} clips)",
+                              "label": f"KVD (I3D K400 logits, poly-kernel MMD², {k_i3d}{decoded} clips)",
                               "provenance": dict(prov, **cache_info)}
       else:
         skipped["fvd_i3d"] = skipped["kvd_i3d"] = reason
@@ -610,7 +639,7 @@ def evaluate(config, workdir: str, *, tasks: str | Sequence[str] = "all", num: i
         reason = (f"only {len(aframes) / decoder.audio_fps:.3f} s of generated audio; VGGish needs >= "
                   f"{_VGGISH_MIN_SECONDS} s and conditioning frames are excluded")
       if reason is None:
-        metrics["fad_vggish"] = fad_entry(vggish, real["audio"], gen_raw["audio"], aframes, decoder, settings,
+        metrics["fad_vggish"] = fad_entry(vggish, real, gen_raw, aframes, decoder, settings,
                                           {"dataset": dkey, "split": split, "num": n})
       else:
         skipped["fad_vggish"] = reason
