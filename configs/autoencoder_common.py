@@ -48,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.loss = ml_collections.ConfigDict()
   c.loss.kl_weight = 1e-6  # small: a regulariser of the latent scale, not a rate constraint
+  c.loss.motion_weight = 0.0  # > 0: pixels far from their temporal mean (what moves) weigh more
   c.loss.audio_weight = 1.0  # audio loss relative to the video loss
   c.loss.stft_weight = 1.0  # multi-resolution STFT term relative to the waveform L1
   c.loss.stft_resolutions = ((128, 32), (256, 64), (512, 128), (1024, 256))  # (n_fft, hop)

@@ -133,6 +133,43 @@ def test_log_spectral_distance_known_values():
   np.testing.assert_allclose(metrics.log_spectral_distance(a, 2 * a), metrics.log_spectral_distance(2 * a, a))
 
 
+def _square_clip(frames=5, size=8, bg=0.2, fg=0.9):
+  """[frames, size, size, 3]: a 2x2 square of value fg moving one pixel right per frame over bg."""
+  y = np.full((frames, size, size, 3), bg)
+  for t in range(frames):
+    y[t, 3:5, t:t + 2] = fg
+  return y
+
+
+def test_moving_psnr_and_the_static_reference():
+  y = _square_clip()
+  mask = metrics.moving_mask(y)
+  # the median over time is the background everywhere, so the moving pixels are the square's 4 per frame
+  assert mask.sum() == 4 * 5 and mask[0, 3:5, 0:2].all() and not mask[0, 0].any()
+  static = np.full_like(y, 0.2)  # the background alone: wrong by 0.7 on every moving pixel
+  np.testing.assert_allclose(metrics.moving_psnr(static, y), 10 * np.log10(1 / 0.49), rtol=1e-9)
+  np.testing.assert_allclose(metrics.moving_psnr(y + 0.01, y), 40.0, rtol=1e-9)
+  # the temporal median is exactly that background: per frame 4 x 3 values off by 0.7 of 8 x 8 x 3
+  np.testing.assert_allclose(metrics.static_baseline_psnr(y), 10 * np.log10(1 / (0.49 * 4 / 64)), rtol=1e-9)
+  assert np.isnan(metrics.moving_psnr(y[:1].repeat(5, 0), y[:1].repeat(5, 0)))  # no motion: NaN
+
+
+def test_motion_weighted_video_loss():
+  from monl.autoencoder import losses
+  y = jnp.asarray(_square_clip()[None])
+  w = np.asarray(losses.motion_weights(y, 3.0))
+  assert w.shape == (1, 5, 8, 8, 1)
+  moving = np.asarray(metrics.moving_mask(np.asarray(y)))[..., None]
+  assert w[moving].min() > 10.0  # what moves weighs more; the path's pixels too (distance from the mean)
+  np.testing.assert_allclose(w[0, :, 0], 1.0)  # rows the square never enters: the plain weight
+  pred = jnp.full_like(y, 0.2)  # paints the square over with background
+  plain, weighted = losses.video_loss(pred, y), losses.video_loss(pred, y, motion_weight=3.0)
+  np.testing.assert_allclose(plain, np.mean(np.abs(pred - y) + np.square(pred - y)), rtol=1e-6)
+  assert float(weighted) > 2.0 * float(plain)
+  still = jnp.asarray(np.full((1, 5, 8, 8, 3), 0.3))
+  np.testing.assert_allclose(losses.motion_weights(still, 3.0), 1.0)  # no motion: the plain mean
+
+
 # ----------------------------------------------------------------------------------------------------
 # built-in media data
 

@@ -5,6 +5,11 @@
               window (σ = 1.5), K1 = 0.01, K2 = 0.03, L = data_range, statistics over 'valid' window
               positions (as the reference MATLAB code and tf.image.ssim), averaged over positions and
               channels. Identical frames give 1; SSIM is symmetric in x and y.
+  moving_psnr(x, y)  [..., T, H, W, C] -> [...] dB per clip over the "moving" pixels only: those
+              more than `MOVING_THRESHOLD` (mean over C) from the clip's per-pixel temporal median
+              (of y, the reference); NaN for a clip with none.
+  static_baseline_psnr(y)  [..., T, H, W, C] -> [...]: PSNR of predicting every frame by y's
+              per-pixel temporal median: what an autoencoder that ignores motion would score.
   log_spectral_distance(a, b)  [..., S] -> [...] dB: mean over STFT frames of sqrt(mean over
               frequency of (10 log10 |A|² - 10 log10 |B|²)²), |·|² floored at 1e-10 (−100 dB);
               n_fft 512, hop 128 (32 / 8 ms at 16 kHz), Hann window.
@@ -17,6 +22,7 @@ SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 LSD_N_FFT, LSD_HOP = 512, 128
+MOVING_THRESHOLD = 0.1  # of the [0, 1] range
 
 
 def psnr(x: np.ndarray, y: np.ndarray, data_range: float = 1.0) -> np.ndarray:
@@ -24,6 +30,29 @@ def psnr(x: np.ndarray, y: np.ndarray, data_range: float = 1.0) -> np.ndarray:
   mse = np.mean(np.square(np.asarray(x, np.float64) - np.asarray(y, np.float64)), axis=(-3, -2, -1))
   with np.errstate(divide="ignore"):
     return 10.0 * np.log10(data_range ** 2 / mse)
+
+
+def moving_mask(y: np.ndarray, threshold: float = MOVING_THRESHOLD) -> np.ndarray:
+  """bool [..., T, H, W] of clips y [..., T, H, W, C]: pixels farther than `threshold` (mean over C)
+  from their temporal median."""
+  y = np.asarray(y, np.float64)
+  return np.mean(np.abs(y - np.median(y, axis=-4, keepdims=True)), axis=-1) > threshold
+
+
+def moving_psnr(x: np.ndarray, y: np.ndarray, data_range: float = 1.0) -> np.ndarray:
+  """Per-clip PSNR (dB) of x vs the reference y [..., T, H, W, C] over `moving_mask(y)`; NaN without any."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  mask = moving_mask(y)
+  se = np.sum(np.square(x - y).mean(axis=-1) * mask, axis=(-3, -2, -1))
+  count = mask.sum(axis=(-3, -2, -1))
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.where(count > 0, 10.0 * np.log10(data_range ** 2 / (se / np.maximum(count, 1))), np.nan)
+
+
+def static_baseline_psnr(y: np.ndarray, data_range: float = 1.0) -> np.ndarray:
+  """Per-clip PSNR (mean over frames) of y's per-pixel temporal median as a prediction of y [..., T, H, W, C]."""
+  y = np.asarray(y, np.float64)
+  return psnr(np.broadcast_to(np.median(y, axis=-4, keepdims=True), y.shape), y, data_range).mean(axis=-1)
 
 
 def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:

@@ -65,12 +65,14 @@ class LossConfig:
   audio_weight: float
   stft_weight: float
   stft_resolutions: tuple[tuple[int, int], ...]
+  motion_weight: float = 0.0
 
   @classmethod
   def from_config(cls, loss_cfg) -> "LossConfig":
     return cls(kl_weight=float(loss_cfg.kl_weight), audio_weight=float(loss_cfg.audio_weight),
                stft_weight=float(loss_cfg.stft_weight),
-               stft_resolutions=tuple((int(n), int(h)) for n, h in loss_cfg.stft_resolutions))
+               stft_resolutions=tuple((int(n), int(h)) for n, h in loss_cfg.stft_resolutions),
+               motion_weight=float(loss_cfg.get("motion_weight", 0.0)))
 
 
 def clip_samples(config) -> int:
@@ -121,7 +123,7 @@ def loss_and_metrics(params, model: model_lib.AVAutoencoder, loss_cfg: LossConfi
   """batch {'video': [B, T, H, W, 3], 'audio': [B, S, 1]} -> (loss, metrics)."""
   video, audio = batch["video"], batch["audio"][..., 0]
   rec, post = model.apply(params, video, audio, key)
-  v = losses_lib.video_loss(rec["video"], video)
+  v = losses_lib.video_loss(rec["video"], video, loss_cfg.motion_weight)
   a_l1, a_stft = losses_lib.audio_loss(rec["audio"], audio, loss_cfg.stft_resolutions, loss_cfg.stft_weight)
   kl = {m: losses_lib.kl_divergence(*post[m]) for m in post}
   loss = v + loss_cfg.audio_weight * (a_l1 + a_stft) + loss_cfg.kl_weight * (kl["video"] + kl["audio"])
@@ -286,8 +288,15 @@ def train(config, workdir: str, stop_at: int | None = None) -> step_lib.TrainSta
 # evaluation
 
 
+def _finite(values: np.ndarray) -> np.ndarray:
+  v = np.asarray(values, np.float64)
+  return v[np.isfinite(v)]
+
+
 def _mean_se(values: np.ndarray) -> dict[str, float]:
   v = np.asarray(values, np.float64)
+  if not len(v):
+    return {"mean": float("nan"), "stderr": float("nan")}
   se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
   return {"mean": float(v.mean()), "stderr": se}
 
@@ -308,7 +317,7 @@ def evaluate(config, model, params, data_dir: str, mesh, rules, step: int) -> di
   n, bs = len(ids), int(config.eval.batch_size)
   bs = -(-bs // jax.device_count()) * jax.device_count()
   fn = reconstruct_fn(model, mesh, rules, bs)
-  psnr, ssim, lsd, snr = [], [], [], []
+  psnr, ssim, moving, static, lsd, snr = [], [], [], [], [], []
   t0 = time.perf_counter()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     for lo in range(0, n, bs):
@@ -320,6 +329,8 @@ def evaluate(config, model, params, data_dir: str, mesh, rules, step: int) -> di
       a, ra = audio[:k], np.asarray(out["audio"])[:k]
       psnr.append(metrics_lib.psnr(rv, v).mean(axis=1))  # per clip: mean over frames
       ssim.append(metrics_lib.ssim(rv, v).mean(axis=1))
+      moving.append(metrics_lib.moving_psnr(rv, v))
+      static.append(metrics_lib.static_baseline_psnr(v))
       lsd.append(metrics_lib.log_spectral_distance(ra, a))
       noise = np.sum(np.square(ra - a), axis=-1)
       snr.append(10 * np.log10(np.sum(np.square(a), axis=-1) / np.maximum(noise, 1e-12)))
@@ -329,6 +340,11 @@ def evaluate(config, model, params, data_dir: str, mesh, rules, step: int) -> di
       "params": "ema" if config.eval.use_ema else "params",
       "video_psnr_db": dict(_mean_se(cat(psnr)), label="per-frame PSNR (dB), higher is better; mean over frames, then clips"),
       "video_ssim": dict(_mean_se(cat(ssim)), label="per-frame SSIM (11x11 Gaussian window, sigma 1.5), higher is better"),
+      "video_moving_psnr_db": dict(_mean_se(_finite(cat(moving))), label=(
+          f"PSNR (dB) over the moving pixels (> {metrics_lib.MOVING_THRESHOLD} from the clip's temporal median), "
+          "clips with any")),
+      "video_static_baseline_psnr_db": dict(_mean_se(cat(static)), label=(
+          "per-frame PSNR (dB) of the clip's per-pixel temporal median: a reference that shows no motion")),
       "audio_lsd_db": dict(_mean_se(cat(lsd)), label="log-spectral distance (dB; n_fft 512, hop 128), lower is better"),
       "audio_snr_db": dict(_mean_se(cat(snr)), label="waveform SNR (dB), higher is better (phase-sensitive)"),
   }
@@ -337,5 +353,6 @@ def evaluate(config, model, params, data_dir: str, mesh, rules, step: int) -> di
 def format_results(results: dict) -> str:
   r = results
   return (f"eval ({r['num_clips']} {r['split']} clips, step {r['step']}): video PSNR {r['video_psnr_db']['mean']:.2f} dB, "
-          f"SSIM {r['video_ssim']['mean']:.4f}; audio LSD {r['audio_lsd_db']['mean']:.2f} dB, "
+          f"SSIM {r['video_ssim']['mean']:.4f}, moving pixels {r['video_moving_psnr_db']['mean']:.2f} dB "
+          f"(static reference {r['video_static_baseline_psnr_db']['mean']:.2f} dB); audio LSD {r['audio_lsd_db']['mean']:.2f} dB, "
           f"SNR {r['audio_snr_db']['mean']:.2f} dB")
