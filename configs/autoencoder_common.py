@@ -40,6 +40,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.video.num_res_blocks = 1
   c.model.video.latent_channels = 8
   c.model.video.temporal_downsample = 4  # 1 + 4k frames -> 1 + k latent frames
+  c.model.video.shortcuts = True  # parameter-free paths beside each resolution change (DC-AE); runs without the key: False
+  c.model.video.logvar_offset = -6.0  # the posterior's std starts at 0.05; runs without the key: 0
   c.model.audio = ml_collections.ConfigDict()
   c.model.audio.channels = (16, 32, 64, 128)
   c.model.audio.strides = (2, 4, 5, 8)  # hop 320: 50 latent frames/s at 16 kHz

@@ -13,10 +13,10 @@ from monl.autoencoder import metrics
 from monl.autoencoder import model as model_lib
 
 
-def small_cfg(patch=2, channels=(8, 8, 8), temporal=4):
+def small_cfg(patch=2, channels=(8, 8, 8), temporal=4, shortcuts=True):
   return model_lib.AutoencoderConfig(
       video=model_lib.VideoConfig(channels=channels, patch=patch, num_res_blocks=1, latent_channels=4,
-                                  temporal_downsample=temporal),
+                                  temporal_downsample=temporal, shortcuts=shortcuts, logvar_offset=-6.0),
       audio=model_lib.AudioConfig(channels=(4, 4, 4, 8), latent_channels=4, dilations=(1,)))
 
 
@@ -44,8 +44,9 @@ def test_shape_rule_refuses_other_frame_counts():
     small_cfg().video.latent_shape(16, 32)
 
 
-def test_causality_a_frame_changes_no_earlier_latent_frame():
-  cfg = small_cfg(patch=2, channels=(8, 8, 8))
+@pytest.mark.parametrize("shortcuts", [True, False])
+def test_causality_a_frame_changes_no_earlier_latent_frame(shortcuts):
+  cfg = small_cfg(patch=2, channels=(8, 8, 8), shortcuts=shortcuts)
   m = model_lib.AVAutoencoder(cfg)
   def init(key):  # jitted: op-by-op init of ~100 convs costs a minute on a busy CPU
     params = nn.meta.unbox(model_lib.init_params(m, key, 9, 16, 640 * 9))
@@ -68,6 +69,24 @@ def test_causality_a_frame_changes_no_earlier_latent_frame():
     first = -(-j // 4)  # the latent frame that covers frame j: 0 for j = 0, ceil(j / 4) after
     np.testing.assert_array_equal(z[:, :first], base[:, :first], err_msg=f"frame {j} leaked into earlier latents")
     assert not np.allclose(z[:, first], base[:, first]), f"frame {j} did not reach latent frame {first}"
+
+
+def test_shortcuts_fold_time_and_space_causally_and_invert():
+  from monl.autoencoder import layers
+  x = jax.random.normal(jax.random.key(0), (2, 9, 8, 8, 3))
+  folded = layers.time_to_depth_causal(x)
+  assert folded.shape == (2, 5, 8, 8, 6)
+  np.testing.assert_array_equal(folded[:, 0], jnp.concatenate([x[:, 0], x[:, 0]], -1))  # frame 0 alone
+  np.testing.assert_array_equal(folded[:, 2], jnp.concatenate([x[:, 3], x[:, 4]], -1))  # frames 3, 4
+  np.testing.assert_array_equal(layers.upsample_time_causal(folded), x)
+  down = layers.down_shortcut(x, 12, halve_time=True)  # 3 * 2 * 4 = 24 folded channels -> 12
+  assert down.shape == (2, 5, 4, 4, 12)
+  # group means: a video constant per clip stays that constant on the way down and up
+  c = jnp.broadcast_to(jnp.arange(2.0)[:, None, None, None, None], (2, 9, 8, 8, 4))
+  np.testing.assert_allclose(layers.down_shortcut(c, 8, True), jnp.broadcast_to(c[:, :5, :4, :4, :1], (2, 5, 4, 4, 8)))
+  np.testing.assert_allclose(layers.up_shortcut(c[:, :5, :4, :4], 2, True), c[:, :, :, :, :2])
+  with pytest.raises(ValueError, match="shortcuts: channels .* 96 folded channels onto 20"):
+    model_lib.VideoConfig(channels=(12, 20), temporal_downsample=2, shortcuts=True)
 
 
 def test_paper_config_builds_with_the_paper_latent_shapes():
@@ -239,6 +258,9 @@ def test_train_autoencoder_resume_is_exact_and_eval_json_is_written(media_dir, t
   for key in ("video_psnr_db", "video_ssim", "audio_lsd_db"):
     assert np.isfinite(results[key]["mean"]), key
   assert "eval (4 test clips, step 4): video PSNR" in out
+  from PIL import Image
+  sheet = Image.open(tmp_path / "whole" / "reconstructions.png")  # 4 clips x 2 rows of 17 frames, x3
+  assert sheet.size == (17 * (16 * 3 + 2), 4 * (2 * 16 * 3 + 6)), sheet.size
   assert json.loads((tmp_path / "whole" / "config.json").read_text())["kind"] == "autoencoder"
   assert any(f.startswith("events") for f in os.listdir(tmp_path / "whole" / "tb"))
   assert sorted(os.listdir(tmp_path / "whole" / "checkpoints")) == ["2", "4"]

@@ -14,6 +14,10 @@ Video (`VideoEncoder` / `VideoDecoder`), shapes for the defaults (spatial x8, tw
   first two levels (the full-resolution levels then see 1 + 2k and 1 + k frames, not 1 + 4k). (A patch of 2 makes the tiny CPU config ~4x cheaper: XLA:CPU's 3-D convs are slow
   at full resolution.) The decoder mirrors it: nearest-neighbour x2 in space and causal
   depth-to-time x2 in time (`layers.upsample_time_causal`), so 1 + k latent frames give 1 + 4k frames.
+  With `shortcuts` every level's conv has a parameter-free path beside it (space and time folded into
+  channels and averaged on the way down, repeated and unfolded on the way up; also into the latent
+  and out of it), DC-AE's residual autoencoding: the tiny config learns per-clip colour and the ball
+  with them and stays at the dataset's mean colour without (see `layers.down_shortcut`).
 
 Audio (`AudioEncoder` / `AudioDecoder`): SoundStream-like, over the mono waveform directly.
 
@@ -23,7 +27,8 @@ Audio (`AudioEncoder` / `AudioDecoder`): SoundStream-like, over the mono wavefor
   Strides (2, 4, 5, 8) give hop 320: 16 kHz -> 50 latent frames/s, as SoundStream's.
 
 Bottleneck: continuous latents with a KL term (a diagonal Gaussian posterior, `mean` and `logvar`
-channels, weight `kl_weight` ~1e-6..1e-4), not FSQ: it trains stably from the first step on 2 CPU cores
+channels, weight `kl_weight` ~1e-6..1e-4; `logvar_offset` -6 starts the posterior's std at 0.05
+rather than 1, which at the start of training would drown latents of scale ~0.5 in noise), not FSQ: it trains stably from the first step on 2 CPU cores
 with a plain L1/L2 loss, the latent is what a diffusion model consumes directly, and `monl.data.encode`
 writes the posterior mean (deterministic; the decoder was trained on samples around it, so it tolerates
 the small errors of generated latents). Latent scale is not controlled here: `prepare`'s per-channel
@@ -53,6 +58,19 @@ class VideoConfig:
   latent_channels: int = 8  # C
   temporal_downsample: int = 4  # 1 (none), 2 or 4: halvings in the first log2(.) levels
   patch: int = 1  # space-to-depth of the input (and depth-to-space of the output) by this factor
+  shortcuts: bool = False  # parameter-free paths beside every resolution change (`layers.down_shortcut`)
+  logvar_offset: float = 0.0  # added to the encoder's log-variance: the posterior's std starts at e^(offset/2)
+
+  def __post_init__(self):
+    if not self.shortcuts:
+      return
+    downs = self.time_down_levels()
+    pairs = [(self.channels[i] * 4 * (2 if t else 1), self.channels[i + 1]) for i, t in enumerate(downs)]
+    pairs += [(self.channels[-1], self.latent_channels)]
+    for a, b in pairs:
+      if max(a, b) % min(a, b):
+        raise ValueError(f"model.video.shortcuts: channels {self.channels} (latent {self.latent_channels}): "
+                         f"a shortcut would map {a} folded channels onto {b}; one must divide the other")
 
   @property
   def spatial_downsample(self) -> int:
@@ -87,6 +105,7 @@ class AudioConfig:
   strides: tuple[int, ...] = (2, 4, 5, 8)  # hop = product (320: 16 kHz -> 50 frames/s)
   latent_channels: int = 16  # C_a
   dilations: tuple[int, ...] = (1, 3)  # residual units per level
+  logvar_offset: float = 0.0  # as VideoConfig's
 
   @property
   def hop(self) -> int:
@@ -110,9 +129,11 @@ class AutoencoderConfig:
     return cls(
         video=VideoConfig(channels=tuple(int(c) for c in v.channels), num_res_blocks=int(v.num_res_blocks),
                           latent_channels=int(v.latent_channels), temporal_downsample=int(v.temporal_downsample),
-                          patch=int(v.get("patch", 1))),
+                          patch=int(v.get("patch", 1)), shortcuts=bool(v.get("shortcuts", False)),
+                          logvar_offset=float(v.get("logvar_offset", 0.0))),
         audio=AudioConfig(channels=tuple(int(c) for c in a.channels), strides=tuple(int(s) for s in a.strides),
-                          latent_channels=int(a.latent_channels), dilations=tuple(int(d) for d in a.dilations)))
+                          latent_channels=int(a.latent_channels), dilations=tuple(int(d) for d in a.dilations),
+                          logvar_offset=float(a.get("logvar_offset", 0.0))))
 
 
 class VideoEncoder(nn.Module):
@@ -126,12 +147,15 @@ class VideoEncoder(nn.Module):
     for level, down_t in enumerate(c.time_down_levels()):
       for _ in range(c.num_res_blocks):
         h = layers.ResBlock3d(c.channels[level])(h)
-      h = layers.CausalConv3d(c.channels[level + 1], strides=(2 if down_t else 1, 2, 2))(nn.silu(h))
+      out = c.channels[level + 1]
+      down = layers.CausalConv3d(out, strides=(2 if down_t else 1, 2, 2))(nn.silu(h))
+      h = down + layers.down_shortcut(h, out, down_t) if c.shortcuts else down
     for _ in range(max(c.num_res_blocks, 1)):  # the bottom level always has one
       h = layers.ResBlock3d(c.channels[-1])(h)
-    h = layers.CausalConv3d(2 * c.latent_channels)(nn.silu(layers.FrameNorm()(h)))
-    mean, logvar = jnp.split(h, 2, axis=-1)
-    return mean, jnp.clip(logvar, -30.0, 20.0)
+    mean, logvar = jnp.split(layers.CausalConv3d(2 * c.latent_channels)(nn.silu(layers.FrameNorm()(h))), 2, axis=-1)
+    if c.shortcuts:
+      mean = mean + layers.resize_channels(h, c.latent_channels)
+    return mean, jnp.clip(logvar + c.logvar_offset, -30.0, 20.0)
 
 
 class VideoDecoder(nn.Module):
@@ -142,16 +166,19 @@ class VideoDecoder(nn.Module):
   def __call__(self, z: jax.Array) -> jax.Array:
     c = self.cfg
     h = layers.CausalConv3d(c.channels[-1])(z)
+    if c.shortcuts:
+      h = h + layers.resize_channels(z, c.channels[-1])
     for _ in range(max(c.num_res_blocks, 1)):
       h = layers.ResBlock3d(c.channels[-1])(h)
     for level in reversed(range(len(c.channels) - 1)):
       down_t = c.time_down_levels()[level]
       out = c.channels[level]
       if down_t:  # 2 * out channels per frame, then split into two frames (first one dropped)
-        h = layers.upsample_time_causal(layers.CausalConv3d(2 * out)(nn.silu(h)))
+        up = layers.upsample_time_causal(layers.CausalConv3d(2 * out)(nn.silu(h)))
       else:
-        h = layers.CausalConv3d(out)(nn.silu(h))
-      h = layers.CausalConv3d(out)(nn.silu(layers.upsample_space(h)))
+        up = layers.CausalConv3d(out)(nn.silu(h))
+      up = layers.CausalConv3d(out)(nn.silu(layers.upsample_space(up)))
+      h = up + layers.up_shortcut(h, out, down_t) if c.shortcuts else up
       for _ in range(c.num_res_blocks):
         h = layers.ResBlock3d(out)(h)
     h = layers.CausalConv3d(3 * c.patch * c.patch)(nn.silu(layers.FrameNorm()(h)))
@@ -173,7 +200,7 @@ class AudioEncoder(nn.Module):
       h = layers.Conv1d(out, kernel=2 * s, stride=s)(nn.elu(h))
     h = layers.Conv1d(2 * c.latent_channels, kernel=3)(nn.elu(h))
     mean, logvar = jnp.split(h, 2, axis=-1)
-    return mean, jnp.clip(logvar, -30.0, 20.0)
+    return mean, jnp.clip(logvar + c.logvar_offset, -30.0, 20.0)
 
 
 class AudioDecoder(nn.Module):

@@ -17,8 +17,9 @@ The data is a media dataset in the monl format with raw values (read with `norma
 
 At the end (and whenever the run is already complete), `evaluate` reconstructs the first
 `config.eval.num` clips of `config.data.eval_split` through the posterior means and writes RUN/eval.json:
-per-frame PSNR and SSIM of the video, log-spectral distance and SNR of the audio
-(`monl.autoencoder.metrics`), mean and standard error over clips.
+per-frame PSNR and SSIM of the video, PSNR over the moving pixels next to a static reference,
+log-spectral distance and SNR of the audio (`monl.autoencoder.metrics`), mean and standard error over
+clips; and RUN/reconstructions.png (real above reconstructed, `SHEET_CLIPS` clips, every frame).
 
 RUN/config.json holds the config: `monl.autoencoder.load` (and `monl.data.encode --encoder RUN`)
 rebuild the model from it.
@@ -41,6 +42,7 @@ from etils import epath
 from monl.autoencoder import losses as losses_lib
 from monl.autoencoder import metrics as metrics_lib
 from monl.autoencoder import model as model_lib
+from monl.autoencoder import preview
 from monl.data import format as data_format
 from monl.data import pipeline
 from monl.parallel import mesh as mesh_lib
@@ -53,6 +55,8 @@ from monl.train import step as step_lib
 
 RUN_CONFIG = "config.json"
 EVAL_FILE = "eval.json"
+SHEET_FILE = "reconstructions.png"
+SHEET_CLIPS = 8
 
 
 class NonFiniteError(FloatingPointError):
@@ -277,7 +281,8 @@ def train(config, workdir: str, stop_at: int | None = None) -> step_lib.TrainSta
   ckpt.close()
   if int(state.step) >= total:
     params = state.ema_params if config.eval.use_ema else state.params
-    results = evaluate(config, model, params, data_dir, mesh, rules, step=int(state.step))
+    results = evaluate(config, model, params, data_dir, mesh, rules, step=int(state.step),
+                       sheet_path=workdir / SHEET_FILE)
     if chief:
       (workdir / EVAL_FILE).write_text(json.dumps(results, indent=2))
       print(format_results(results), flush=True)
@@ -310,8 +315,9 @@ def reconstruct_fn(model, mesh, rules, batch_size: int):
                                     sharding.batch_sharding(mesh, rules, 2)))
 
 
-def evaluate(config, model, params, data_dir: str, mesh, rules, step: int) -> dict:
-  """Reconstruction scores of the first `config.eval.num` clips of `config.data.eval_split`."""
+def evaluate(config, model, params, data_dir: str, mesh, rules, step: int, sheet_path=None) -> dict:
+  """Reconstruction scores of the first `config.eval.num` clips of `config.data.eval_split`; with
+  `sheet_path`, a PNG of the first `SHEET_CLIPS` of them, real above reconstructed."""
   split = config.data.eval_split
   ids, clips = pipeline.read_clips(data_dir, split, config.eval.num, ("video", "audio"))
   n, bs = len(ids), int(config.eval.batch_size)
@@ -327,6 +333,8 @@ def evaluate(config, model, params, data_dir: str, mesh, rules, step: int) -> di
       k = min(bs, n - lo)
       v, rv = video[:k], np.asarray(out["video"])[:k]
       a, ra = audio[:k], np.asarray(out["audio"])[:k]
+      if lo == 0:
+        shown = (v[:SHEET_CLIPS], rv[:SHEET_CLIPS])
       psnr.append(metrics_lib.psnr(rv, v).mean(axis=1))  # per clip: mean over frames
       ssim.append(metrics_lib.ssim(rv, v).mean(axis=1))
       moving.append(metrics_lib.moving_psnr(rv, v))
@@ -335,6 +343,8 @@ def evaluate(config, model, params, data_dir: str, mesh, rules, step: int) -> di
       noise = np.sum(np.square(ra - a), axis=-1)
       snr.append(10 * np.log10(np.sum(np.square(a), axis=-1) / np.maximum(noise, 1e-12)))
   cat = np.concatenate
+  if jax.process_index() == 0 and sheet_path is not None:
+    preview.reconstruction_sheet(sheet_path, *shown)
   return {
       "step": step, "split": split, "num_clips": n, "data_dir": data_dir, "seconds": round(time.perf_counter() - t0, 2),
       "params": "ema" if config.eval.use_ema else "params",
