@@ -89,6 +89,17 @@ def test_shortcuts_fold_time_and_space_causally_and_invert():
     model_lib.VideoConfig(channels=(12, 20), temporal_downsample=2, shortcuts=True)
 
 
+def test_gradients_are_clipped_per_autoencoder():
+  from monl.autoencoder import train as ae_train
+  grads = {"params": {"video_encoder": {"k": jnp.full((4,), 10.0)}, "video_decoder": {"k": jnp.full((4,), 10.0)},
+                      "audio_decoder": {"k": jnp.full((4,), 0.1)}}}
+  out, _ = ae_train.clip_by_modality_norm(1.0).update(grads, None)
+  video = jnp.concatenate([out["params"]["video_encoder"]["k"], out["params"]["video_decoder"]["k"]])
+  np.testing.assert_allclose(jnp.linalg.norm(video), 1.0, rtol=1e-6)  # the video's own norm, 40 -> 1
+  np.testing.assert_allclose(out["params"]["audio_decoder"]["k"], 0.1)  # below the limit: untouched
+  assert ae_train.modality_of(grads)["params"]["audio_decoder"]["k"] == "audio"
+
+
 def test_paper_config_builds_with_the_paper_latent_shapes():
   from configs import autoencoder_paper
   from monl.autoencoder import train as ae_train

@@ -80,14 +80,14 @@ def x0_skip_of(sigma_data: float, lay: layout_lib.Layout, width: int) -> tuple[t
   return tuple((m.name, sigma_data if m.patch_dim > width else 0.0) for m in lay.modalities)
 
 
-def make_optimizer(train_cfg) -> optax.GradientTransformation:
-  """AdamW with linear warm-up then cosine decay, after global-norm gradient clipping."""
+def make_optimizer(train_cfg, clip: optax.GradientTransformation | None = None) -> optax.GradientTransformation:
+  """AdamW with linear warm-up then cosine decay, after global-norm gradient clipping (or `clip`)."""
   lr = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=train_cfg.lr, warmup_steps=train_cfg.warmup_steps,
       decay_steps=max(train_cfg.num_steps, train_cfg.warmup_steps + 1),
       end_value=train_cfg.lr * train_cfg.end_lr_fraction)
   return optax.chain(
-      optax.clip_by_global_norm(train_cfg.grad_clip),
+      optax.clip_by_global_norm(train_cfg.grad_clip) if clip is None else clip,
       optax.adamw(lr, b1=train_cfg.b1, b2=train_cfg.b2, weight_decay=train_cfg.weight_decay))
 
 
