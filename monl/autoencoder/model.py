@@ -28,8 +28,9 @@ Audio (`AudioEncoder` / `AudioDecoder`): SoundStream-like, over the mono wavefor
 
 Bottleneck: continuous latents with a KL term (a diagonal Gaussian posterior, `mean` and `logvar`
 channels, weight `kl_weight` ~1e-6..1e-4; `logvar_offset` -6 starts the posterior's std at 0.05
-rather than 1, which at the start of training would drown latents of scale ~0.5 in noise), not FSQ: it trains stably from the first step on 2 CPU cores
-with a plain L1/L2 loss, the latent is what a diffusion model consumes directly, and `monl.data.encode`
+rather than 1, which at the start of training would drown latents of scale ~0.5 in noise), not FSQ:
+it trains stably from the first step on 2 CPU cores with a plain L1/L2 loss, the latent is what a
+diffusion model consumes directly, and `monl.data.encode`
 writes the posterior mean (deterministic; the decoder was trained on samples around it, so it tolerates
 the small errors of generated latents). Latent scale is not controlled here: `prepare`'s per-channel
 normalisation takes care of it.

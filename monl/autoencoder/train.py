@@ -190,7 +190,10 @@ def modality_of(params):
   """The same tree with 'video' or 'audio' at every leaf: which autoencoder a parameter belongs to."""
   def label(path, _):
     keys = [str(getattr(k, "key", k)) for k in path]
-    return next(k for k in keys if k.endswith(("_encoder", "_decoder"))).split("_")[0]
+    owner = next((k for k in keys if k.endswith(("_encoder", "_decoder"))), None)
+    if owner is None:
+      raise ValueError(f"parameter {'/'.join(keys)}: not under a *_encoder or *_decoder module")
+    return owner.split("_")[0]
   return jax.tree_util.tree_map_with_path(label, params)
 
 
