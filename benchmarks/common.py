@@ -62,7 +62,7 @@ def machine_info() -> dict:
       "devices": [str(d) for d in jax.devices()],
       "allocator": allocator.describe(),
       "LD_PRELOAD": preload, "MALLOC_CONF": os.environ.get("MALLOC_CONF", ""),
-      **{k: os.environ[k] for k in allocator.GLIBC_ENV if k in os.environ},
+      **{k: os.environ[k] for k in (*allocator.GLIBC_ENV, *allocator.TBB_ENV) if k in os.environ},
       "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
   }
 
@@ -76,19 +76,29 @@ def machine_line(info: dict | None = None) -> str:
 
 # ----------------------------------------------------------------------------------------- allocators
 JEMALLOC_CONF = "oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1,retain:true"
-ALLOCATORS = ("glibc", "monl", "jemalloc")  # what a fresh machine gets, monl's CLI default, launch/env.sh
+# a fresh machine's script, glibc's tunables without tbb, oneTBB's malloc (the tbb wheel), launch/env.sh with
+# libjemalloc2, and `monl` = whichever of these `python -m monl.main train` restarts a large step with here
+ALLOCATORS = ("glibc", "glibc_settings", "tbb", "jemalloc", "monl")
 
 
 def allocator_env(name: str) -> dict:
-  """This process's environment with only the named allocator setting: `glibc` (defaults: a fresh
-  machine running a script), `monl` (what `python -m monl.main` restarts itself with, monl.allocator) or
-  `jemalloc` (launch/env.sh when libjemalloc2 is installed)."""
+  """This process's environment with only the named allocator setting (ALLOCATORS; monl.allocator)."""
   from monl import allocator
   env = {k: v for k, v in os.environ.items()
-         if k not in allocator.GLIBC_ENV and k not in ("LD_PRELOAD", "MALLOC_CONF")}
+         if k not in (*allocator.GLIBC_ENV, *allocator.TBB_ENV, "LD_PRELOAD", "MALLOC_CONF")}
   env[allocator.OPT_OUT] = "0"  # a child that runs monl's CLI must not add the settings again
   if name == "monl":
+    chosen = allocator.choose(env | {allocator.OPT_OUT: "1"}, libc=platform.libc_ver()[0],
+                              accelerators=allocator.accelerator_nodes(), tbb=allocator.tbbmalloc_preload(),
+                              step_bytes=float("inf"))
+    env.update({} if isinstance(chosen, str) else chosen[0])
+  elif name == "glibc_settings":
     env.update(allocator.GLIBC_ENV)
+  elif name == "tbb":
+    preload = allocator.tbbmalloc_preload()
+    if preload is None:
+      raise SystemExit("--allocators tbb: the tbb wheel's libtbbmalloc is not installed (pip install tbb)")
+    env.update(LD_PRELOAD=preload, **allocator.TBB_ENV)
   elif name == "jemalloc":
     if not os.path.exists(JEMALLOC):
       raise SystemExit(f"--allocators jemalloc: {JEMALLOC} not found (apt-get install libjemalloc2)")

@@ -2,13 +2,15 @@
 
     python benchmarks/train_vs_torch.py [--config midsize] [--iters 7] [--warmup 2] [--quick]
         [--set model.attention=dot_product ...] [--out benchmarks/results/train_vs_torch.json]
-        [--allocators glibc,monl[,jemalloc]]
+        [--allocators glibc,tbb[,glibc_settings,jemalloc,monl]]
 
 Without --allocators: one run with this process's allocator as it is (a plain `python` on a fresh
 machine: glibc defaults). With --allocators: one run per setting, one after the other, each in a fresh
-process (monl.allocator; common.allocator_env): `glibc` = what a script gets on a fresh machine, `monl` =
-what `python -m monl.main` restarts itself with, `jemalloc` = launch/env.sh with libjemalloc2 installed.
-Both models run under the same setting in each run.
+process (monl.allocator; common.allocator_env): `glibc` = what a script gets on a fresh machine,
+`glibc_settings` = glibc's tunables as monl sets them where tbb is absent, `tbb` = oneTBB's malloc from
+the tbb wheel, `jemalloc` = launch/env.sh with libjemalloc2 installed, `monl` = whichever of these
+`python -m monl.main train` restarts a large step with on this host. Both models run under the same
+setting in each run.
 
 JAX: `monl.train.step.train_step` jitted with the state donated (as the trainer does). Torch: the twin
 of `benchmarks/torch_twin.py` (same architecture, shapes and parameter count, asserted), AdamW +

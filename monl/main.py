@@ -90,6 +90,8 @@ def _cmd_train_autoencoder(config) -> int:
     print("monl train_autoencoder: --config is not an autoencoder config (configs/autoencoder_*.py)",
           file=sys.stderr, flush=True)
     return 2
+  from monl import allocator
+  allocator.maybe_reexec()  # oneTBB's malloc where installed (monl.allocator); glibc's settings need a size
   ae_train.train(config, FLAGS.workdir)
   return 0
 
@@ -317,7 +319,7 @@ def main(argv) -> int | None:
     # which and exit 2 before anything is built
     print(f"monl {command}: {e}", file=sys.stderr, flush=True)
     return 2
-  if command == "train":  # a large CPU step: restart with glibc malloc settings (monl.allocator)
+  if command == "train":  # on a CPU host: restart with a faster malloc (monl.allocator)
     from monl import allocator
     allocator.maybe_reexec(allocator.train_activation_bytes(completed))
   try:
