@@ -85,4 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.num = 64  # held-out clips scored at the end of training (RUN/eval.json)
   c.eval.batch_size = 8
   c.eval.use_ema = False
+  # reconstruction FVD/KVD (I3D K400 logits of real vs reconstructed test clips, >= 9 frames): ~1.5 s
+  # per clip on a CPU, twice per clip, so off here; on in configs/autoencoder_paper.py
+  c.eval.i3d = False
+  c.eval.i3d_batch_size = 8
+  c.eval.i3d_resize = "tf1_bilinear"  # as monl.eval.evaluate's config.eval.i3d_resize
   return c

@@ -28,4 +28,5 @@ def get_config(arg: str | None = None):
   c.ckpt.keep = 3
   c.eval.num = 256
   c.eval.use_ema = True
+  c.eval.i3d = True  # reconstruction FVD/KVD of the 256 test clips (an accelerator makes it cheap)
   return c

@@ -6,8 +6,11 @@ N = 5 segments, one per video latent frame: audio frames [6, 25, 25, 25, 25].
 Point `--config.data.dir` at a dataset prepared with `python -m monl.data.prepare`.
 Variants: `configs/avdit_paper.py:strategy=pm` etc. (see common.STRATEGY_PRESETS).
 
-Evaluation: these latents have no decoder here, so `evaluate` computes only the latent-space Fréchet
-proxy (no FVD/KVD, FAD, AV-align or ground-truth scores) and says so when it runs.
+Evaluation: MAGVIT-v2 / SoundStream latents have no decoder here, so on them `evaluate` computes only
+the latent-space Fréchet proxy (no FVD/KVD, FAD, AV-align or ground-truth scores) and says so when it
+runs. On a dataset written by `python -m monl.data.encode --encoder RUN` (monl's own autoencoder, e.g.
+configs/autoencoder_paper.py; set `layout.audio` to its latents as README "At the paper's scale" shows),
+`sample` and `evaluate` decode through that run: MP4 with sound, FVD/KVD, FAD and AV-align on the media.
 Fields where the paper is silent carry a comment "not stated in the paper; our choice because ..."
 (some restate the value of `configs/common.py`, so that the choice is visible here).
 """

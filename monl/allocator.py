@@ -132,6 +132,19 @@ def maybe_reexec(step_bytes: float | None = None, argv: Sequence[str] | None = N
   os.execve(sys.executable, [sys.executable, *argv[1:]], {**os.environ, **update})
 
 
+def release_free_memory() -> bool:
+  """Returns the memory tbbmalloc keeps cached (freed huge blocks, TBB_ENV) to the OS, when it is the
+  preloaded allocator; True if it was. Call it between programs of different sizes, e.g. the train step
+  and an evaluation after it: each keeps its own arena cached otherwise, and the two need not fit together
+  (the paper autoencoder's evaluation after training was killed at 24 GB without it)."""
+  path = next((p for p in os.environ.get("LD_PRELOAD", "").split(":") if p.endswith(TBB_LIBS[0])), None)
+  if path is None:
+    return False
+  import ctypes
+  TBBMALLOC_CLEAN_ALL_BUFFERS = 0  # oneTBB's scalable_allocator.h, ScalableAllocationCmd
+  return ctypes.CDLL(path).scalable_allocation_command(TBBMALLOC_CLEAN_ALL_BUFFERS, None) == 0
+
+
 def describe(environ: Mapping[str, str] | None = None) -> str:
   """The allocator setting of a process, for logs and benchmark tables."""
   environ = os.environ if environ is None else environ

@@ -133,3 +133,21 @@ def test_cli_train_on_data_of_another_shape_says_which_field_and_exits_2(builtin
   assert out.returncode == 2, out.stderr[-3000:]
   assert "Traceback" not in out.stderr, out.stderr[-3000:]
   assert "in the config (layout.video.shape)" in out.stderr.splitlines()[-1], out.stderr[-3000:]
+
+
+RELEASE = ("import numpy as np; from monl import allocator; "
+           "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * 4096; "
+           "a = np.ones(2**27); del a; held = rss(); released = allocator.release_free_memory(); "
+           "print(released, held - rss())")
+
+
+@pytest.mark.skipif(not LINUX_X86, reason="the tbb wheel exists for x86-64 Linux only")
+def test_release_returns_tbbmallocs_cached_huge_blocks():
+  """A freed 1 GiB array stays resident under tbbmalloc with huge blocks kept, until the release."""
+  env = _clean_env(LD_PRELOAD=allocator.tbbmalloc_preload(), **allocator.TBB_ENV)
+  out = subprocess.run([sys.executable, "-c", RELEASE], env=env, capture_output=True, text=True, timeout=60, check=True)
+  released, returned = out.stdout.split()
+  assert released == "True" and int(returned) > 2**29, out.stdout
+  out = subprocess.run([sys.executable, "-c", RELEASE], env=_clean_env(), capture_output=True, text=True,
+                       timeout=60, check=True)
+  assert out.stdout.split()[0] == "False"  # glibc: nothing to do

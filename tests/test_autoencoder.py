@@ -275,3 +275,41 @@ def test_train_autoencoder_resume_is_exact_and_eval_json_is_written(media_dir, t
   assert json.loads((tmp_path / "whole" / "config.json").read_text())["kind"] == "autoencoder"
   assert any(f.startswith("events") for f in os.listdir(tmp_path / "whole" / "tb"))
   assert sorted(os.listdir(tmp_path / "whole" / "checkpoints")) == ["2", "4"]
+
+
+def test_reconstruction_fvd_scores_real_clips_against_their_reconstructions(media_dir, tmp_path, monkeypatch):
+  """With eval.i3d, eval.json's FVD/KVD compare I3D features of the real test clips (as stored, in
+  [0, 255]) with those of the reconstructions; without it, both say why they were skipped."""
+  from conftest import FakeI3D
+  from monl.autoencoder import train as ae_train
+  from monl.data import pipeline
+  from monl.eval import evaluate as ev
+  from monl.eval import metrics as eval_metrics
+
+  class Recording(FakeI3D):
+    def features(self, chunks, total=None, out=None, progress=None):
+      chunks = list(chunks)
+      self.inputs.append(np.concatenate(chunks))
+      return super().features(iter(chunks), total=total, out=out, progress=progress)
+
+  fake = Recording()
+  fake.inputs = []
+  monkeypatch.setattr(ev, "make_i3d", lambda settings: fake)
+  config = tiny_config(media_dir, **{"eval.i3d": True, "train.num_steps": 2})
+  ae_train.train(config, str(tmp_path / "on"))
+  results = json.loads((tmp_path / "on" / "eval.json").read_text())
+  real, recon = fake.inputs[0::2], fake.inputs[1::2]  # one eval batch of 4: real, then reconstructed
+  assert len(fake.inputs) == 2 and len(real[0]) == len(recon[0]) == 4
+  _, clips = pipeline.read_clips(results["data_dir"], "test", 4, ("video",))
+  np.testing.assert_allclose(real[0], np.clip(clips["video"].astype(np.float32) * 255, 0, 255), rtol=1e-6)
+  assert np.abs(recon[0] - real[0]).mean() > 1.0  # an untrained autoencoder's output, not the input again
+  fr, fg = (np.concatenate(x).reshape(4, 17, -1).mean(1) @ fake.w for x in (real, recon))
+  assert results["video_fvd_i3d"]["value"] == pytest.approx(ev.frechet_distance_features(fr, fg), rel=1e-9)
+  want = eval_metrics.kernel_distance(fr, fg, subset_size=4, num_subsets=100, seed=0)[0]
+  assert results["video_kvd_i3d"]["value"] == pytest.approx(want, rel=1e-9)
+  assert results["video_fvd_i3d"]["provenance"]["num_clips"] == 4 and results["video_fvd_i3d"]["value"] > 0
+  assert results["video_fvd_i3d_real_halves"]["value"] == pytest.approx(ev.frechet_distance_features(fr[:2], fr[2:]))
+
+  ae_train.train(tiny_config(media_dir, **{"train.num_steps": 2}), str(tmp_path / "off"))
+  off = json.loads((tmp_path / "off" / "eval.json").read_text())
+  assert off["video_fvd_i3d"] == {"skipped": "disabled (config.eval.i3d=False)"}

@@ -151,6 +151,7 @@ def test_encode_rerun_skips_what_is_written_and_refuses_another_job(encoder_run,
   rc = encode.main(["--input", clips, "--output", out, "--encoder", encoder_run, "--no_progress"])
   cap = capfd.readouterr()
   assert rc == 0 and "1 file(s) encoded now (1 clips), 5 already done" in cap.out, cap.out
+  assert "[encode] batch size 16 (" in cap.err, cap.err  # no --batch_size: fitted (a tiny encoder fits 16)
   assert fmt.load_spec(out).split("train").num_examples == 4
   # other preprocessing into the same parts: refused, naming both jobs
   rc = encode.main(["--input", clips, "--output", out, "--encoder", encoder_run, "--size", "8",
@@ -162,6 +163,21 @@ def test_encode_rerun_skips_what_is_written_and_refuses_another_job(encoder_run,
                     "--clip_seconds", "0.6", "--no_progress"])
   cap = capfd.readouterr()
   assert rc == 2 and "needs 1 + 4k frames" in cap.err and not (tmp_path / "x").exists()
+
+
+def test_the_default_batch_size_is_what_the_encoders_memory_plan_fits(encoder_run, monkeypatch):
+  """fitting_batch_size: the free memory's half over XLA's per-clip plan, at most `most`, at least 1."""
+  from monl.autoencoder import load as ae_load
+  codec = ae_load.load(encoder_run, batch_size=2)
+  per_clip = codec.clip_bytes(17, 16, 10880)
+  assert per_clip > 17 * 16 * 16 * 3 * 4  # at least the float32 frames themselves
+  assert codec.clip_bytes(17, 32, 10880) > 2 * per_clip  # 4x the pixels (the audio stays): the plan grows
+  for free, want in [(1e15, 16), (2 * 5.5 * per_clip, 5), (2 * 3.2 * per_clip, 3), (0.3 * per_clip, 1)]:
+    monkeypatch.setattr(ae_load, "available_bytes", lambda free=free: (free, "in a test"))
+    got, how = codec.fitting_batch_size(17, 16, 10880, most=16)
+    assert got == want, (free / per_clip, got, how)
+    assert "in a test" in how and ("may not fit" in how) == (want == 1)
+  assert ae_load.available_bytes()[0] > 0
 
 
 def test_encode_refuses_a_folder_without_video_and_a_run_that_is_not_an_encoder(clips_dir, tmp_path, capfd):

@@ -19,7 +19,8 @@ At the end (and whenever the run is already complete), `evaluate` reconstructs t
 `config.eval.num` clips of `config.data.eval_split` through the posterior means and writes RUN/eval.json:
 per-frame PSNR and SSIM of the video, PSNR over the moving pixels next to a static reference,
 log-spectral distance and SNR of the audio (`monl.autoencoder.metrics`), mean and standard error over
-clips; and RUN/reconstructions.png (real above reconstructed, `SHEET_CLIPS` clips, every frame).
+clips; with `config.eval.i3d` (clips of >= 9 frames), reconstruction FVD and KVD: I3D K400 logits of the
+real clips against those of their reconstructions (`monl.eval.i3d`); and RUN/reconstructions.png (real above reconstructed, `SHEET_CLIPS` clips, every frame).
 
 RUN/config.json holds the config: `monl.autoencoder.load` (and `monl.data.encode --encoder RUN`)
 rebuild the model from it.
@@ -39,6 +40,7 @@ import numpy as np
 import optax
 from etils import epath
 
+from monl import allocator
 from monl.autoencoder import losses as losses_lib
 from monl.autoencoder import metrics as metrics_lib
 from monl.autoencoder import model as model_lib
@@ -309,6 +311,7 @@ def train(config, workdir: str, stop_at: int | None = None) -> step_lib.TrainSta
   ckpt.close()
   if int(state.step) >= total:
     params = state.ema_params if config.eval.use_ema else state.params
+    allocator.release_free_memory()  # the train step's cached arena: the evaluation's comes on top
     results = evaluate(config, model, params, data_dir, mesh, rules, step=int(state.step),
                        sheet_path=workdir / SHEET_FILE)
     if chief:
@@ -351,6 +354,8 @@ def evaluate(config, model, params, data_dir: str, mesh, rules, step: int, sheet
   n, bs = len(ids), int(config.eval.batch_size)
   bs = -(-bs // jax.device_count()) * jax.device_count()
   fn = reconstruct_fn(model, mesh, rules, bs)
+  i3d = reconstruction_i3d(config, clips["video"].shape[1])
+  feats = {"real": [], "reconstructed": []}
   psnr, ssim, moving, static, lsd, snr = [], [], [], [], [], []
   t0 = time.perf_counter()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -370,10 +375,13 @@ def evaluate(config, model, params, data_dir: str, mesh, rules, step: int, sheet
       lsd.append(metrics_lib.log_spectral_distance(ra, a))
       noise = np.sum(np.square(ra - a), axis=-1)
       snr.append(10 * np.log10(np.sum(np.square(a), axis=-1) / np.maximum(noise, 1e-12)))
+      if isinstance(i3d, tuple):
+        for name, x in (("real", v), ("reconstructed", rv)):
+          feats[name].append(i3d[0].features(_i3d_chunks(x, i3d[0].batch_size), total=k))
   cat = np.concatenate
   if jax.process_index() == 0 and sheet_path is not None:
     preview.reconstruction_sheet(sheet_path, *shown)
-  return {
+  results = {
       "step": step, "split": split, "num_clips": n, "data_dir": data_dir, "seconds": round(time.perf_counter() - t0, 2),
       "params": "ema" if config.eval.use_ema else "params",
       "video_psnr_db": dict(_mean_se(cat(psnr)), label="per-frame PSNR (dB), higher is better; mean over frames, then clips"),
@@ -386,6 +394,52 @@ def evaluate(config, model, params, data_dir: str, mesh, rules, step: int, sheet
       "audio_lsd_db": dict(_mean_se(cat(lsd)), label="log-spectral distance (dB; n_fft 512, hop 128), lower is better"),
       "audio_snr_db": dict(_mean_se(cat(snr)), label="waveform SNR (dB), higher is better (phase-sensitive)"),
   }
+  if isinstance(i3d, str):
+    results["video_fvd_i3d"] = results["video_kvd_i3d"] = {"skipped": i3d}
+  else:
+    results.update(i3d_scores(cat(feats["real"]), cat(feats["reconstructed"]), i3d[1]))
+  return results
+
+
+def reconstruction_i3d(config, frames: int):
+  """(I3D extractor, its provenance) for reconstruction FVD, or why there is none (a str)."""
+  if not config.eval.get("i3d", False):  # runs written before the option have none: off
+    return "disabled (config.eval.i3d=False)"
+  from monl.eval import evaluate as eval_lib
+  from monl.eval import i3d as i3d_lib
+  if frames < i3d_lib.MIN_FRAMES:
+    return f"clips of {frames} frames; I3D needs >= {i3d_lib.MIN_FRAMES}"
+  extractor = eval_lib.make_i3d({"i3d_batch_size": config.eval.get("i3d_batch_size", 8),
+                                 "i3d_resize": config.eval.get("i3d_resize", "tf1_bilinear")})
+  return extractor, dict(getattr(extractor, "provenance", {}))
+
+
+def _i3d_chunks(video: np.ndarray, batch_size: int):
+  """Video [B, T, H, W, 3] in [0, 1] -> the extractor's input, [<= batch_size, T, H, W, 3] in [0, 255]."""
+  x = np.clip(video * 255.0, 0.0, 255.0)
+  return (x[i:i + batch_size] for i in range(0, len(x), batch_size))
+
+
+def i3d_scores(real: np.ndarray, reconstructed: np.ndarray, provenance: dict) -> dict:
+  """eval.json's FVD / KVD entries from I3D features of the real clips [N, D] and their reconstructions
+  [N, D]. With N in the tens, FVD has a large positive small-sample bias: compare runs at the same N."""
+  from monl.eval import evaluate as eval_lib
+  from monl.eval import metrics as eval_metrics
+  n = len(real)
+  kvd, kvd_std = eval_metrics.kernel_distance(real, reconstructed, subset_size=n, num_subsets=100, seed=0)
+  prov = dict(provenance, num_clips=n)
+  h = n // 2
+  halves = ({"value": eval_lib.frechet_distance_features(real[:h], real[h:2 * h]), "label": (
+      f"FVD between the first and second {h} real clips: the floor that sampling alone gives at this size "
+      "(at half the clips, so somewhat above the floor at all of them)")} if h >= 2
+            else {"skipped": f"{n} clips: too few to split into two sets of >= 2"})
+  return {
+      "video_fvd_i3d_real_halves": halves,
+      "video_fvd_i3d": {"value": eval_lib.frechet_distance_features(real, reconstructed), "provenance": prov,
+                        "label": f"reconstruction FVD (I3D K400 logits, {n} real vs reconstructed clips), lower is better"},
+      "video_kvd_i3d": {"value": kvd, "std": kvd_std, "provenance": prov,
+                        "label": f"reconstruction KVD (poly-kernel MMD², {n} clips), lower is better"},
+  }
 
 
 def format_results(results: dict) -> str:
@@ -393,4 +447,8 @@ def format_results(results: dict) -> str:
   return (f"eval ({r['num_clips']} {r['split']} clips, step {r['step']}): video PSNR {r['video_psnr_db']['mean']:.2f} dB, "
           f"SSIM {r['video_ssim']['mean']:.4f}, moving pixels {r['video_moving_psnr_db']['mean']:.2f} dB "
           f"(static reference {r['video_static_baseline_psnr_db']['mean']:.2f} dB); audio LSD {r['audio_lsd_db']['mean']:.2f} dB, "
-          f"SNR {r['audio_snr_db']['mean']:.2f} dB")
+          f"SNR {r['audio_snr_db']['mean']:.2f} dB"
+          + (f"; FVD {r['video_fvd_i3d']['value']:.1f}, KVD {r['video_kvd_i3d']['value']:.4f}"
+             + (f" (real vs real halves: FVD {r['video_fvd_i3d_real_halves']['value']:.1f})"
+                if "value" in r["video_fvd_i3d_real_halves"] else "")
+             if "value" in r.get("video_fvd_i3d", {}) else ""))

@@ -2,7 +2,7 @@
 
     python -m monl.data.encode --input clips/ --output latents/ --encoder RUN \
         [--fps 25 --sample_rate 16000 --size 32 --clip_seconds 0.68 --hop_seconds 0.68] \
-        [--batch_size 16 --num_shards 4 --overwrite --no_progress]
+        [--batch_size N --num_shards 4 --overwrite --no_progress]
     python -m monl.data.encode --input clips/ --output media/ --raw [--fps ... --size ...]
 
 `--raw` writes the preprocessed clips themselves instead of latents (video float32 [T, size, size, 3]
@@ -60,6 +60,9 @@ from monl.data import prepare
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
 PARTS_SUFFIX = ".parts"
 JOB_FILE = "job.json"
+# --batch_size by default: the largest batch up to this one that the encoder's memory plan fits
+# (monl.autoencoder.load.Codec.fitting_batch_size)
+MAX_AUTO_BATCH = 16
 
 
 class EncodeError(fmt.DatasetError):
@@ -197,7 +200,7 @@ def _encode_file(codec, path: epath.Path, rel: str, parts: epath.Path, prep: Map
 
 def encode(input_dir: epath.PathLike, output_dir: epath.PathLike, encoder: str | None, *, fps: float | None = None,
            sample_rate: int | None = None, size: int | None = None, clip_seconds: float | None = None,
-           hop_seconds: float | None = None, batch_size: int = 16, num_shards: int = 4, overwrite: bool = False,
+           hop_seconds: float | None = None, batch_size: int | None = None, num_shards: int = 4, overwrite: bool = False,
            progress: bool = True, command: str | None = None) -> fmt.DatasetSpec:
   """Encodes `input_dir` into the dataset `output_dir` (module docstring); returns its spec. `encoder`
   None: `--raw` (the preprocessed clips, for train_autoencoder)."""
@@ -208,7 +211,7 @@ def encode(input_dir: epath.PathLike, output_dir: epath.PathLike, encoder: str |
   if not ours:
     prepare._check_output(out, overwrite)  # before anything is read
   splits = find_video_files(input_dir)
-  codec = None if encoder is None else ae_load.load(encoder, batch_size=batch_size)
+  codec = None if encoder is None else ae_load.load(encoder, batch_size=batch_size or MAX_AUTO_BATCH)
   prep = preprocessing(codec, fps, sample_rate, size, clip_seconds, hop_seconds)
   if codec is None:
     job = {"encoder": None, "raw": True, "preprocessing": prep}
@@ -242,6 +245,11 @@ def encode(input_dir: epath.PathLike, output_dir: epath.PathLike, encoder: str |
           continue
       todo.append((split, path, rel))
   done_before = sum(len(v) for v in records.values())
+  if codec is not None and batch_size is None and todo:  # the largest that should fit (a fixed 16 did not at
+    # the paper's 128x128 in 24 GB of host memory)
+    codec.batch_size, how = codec.fitting_batch_size(prep["frames"], prep["size"], prep["samples"],
+                                                     most=MAX_AUTO_BATCH)
+    print(f"[encode] batch size {codec.batch_size} ({how}; --batch_size N overrides)", file=sys.stderr, flush=True)
   t0, n_clips = time.perf_counter(), 0
   with tqdm(total=len(todo), desc="encode", unit="file", disable=not progress) as bar:
     for split, path, rel in todo:
@@ -317,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--size", type=int, help="square frame size, px (default: the encoder's; --raw: 32)")
   p.add_argument("--clip_seconds", type=float, help="clip length (default: the encoder's frames / fps; --raw: 17 / 25 s)")
   p.add_argument("--hop_seconds", type=float, help="start-to-start distance of clips (default: clip_seconds)")
-  p.add_argument("--batch_size", type=int, default=16, help="clips per encoder call")
+  p.add_argument("--batch_size", type=int, default=None,
+                 help=f"clips per encoder call (default: the most, up to {MAX_AUTO_BATCH}, that XLA's memory plan "
+                      "of the encoder fits in half the free memory)")
   p.add_argument("--num_shards", type=int, default=4, help="ArrayRecord shards per split (at most)")
   p.add_argument("--overwrite", action="store_true", help="replace an existing monl dataset not written by encode")
   p.add_argument("--no_progress", action="store_true")
