@@ -20,7 +20,8 @@ At the end (and whenever the run is already complete), `evaluate` reconstructs t
 per-frame PSNR and SSIM of the video, PSNR over the moving pixels next to a static reference,
 log-spectral distance and SNR of the audio (`monl.autoencoder.metrics`), mean and standard error over
 clips; with `config.eval.i3d` (clips of >= 9 frames), reconstruction FVD and KVD: I3D K400 logits of the
-real clips against those of their reconstructions (`monl.eval.i3d`); and RUN/reconstructions.png (real above reconstructed, `SHEET_CLIPS` clips, every frame).
+real clips against those of their reconstructions (`monl.eval.i3d`); and RUN/reconstructions.png (real
+above reconstructed, `SHEET_CLIPS` clips, every frame).
 
 RUN/config.json holds the config: `monl.autoencoder.load` (and `monl.data.encode --encoder RUN`)
 rebuild the model from it.
