@@ -97,10 +97,15 @@ def main(argv=None):
                  "user_cpu_s_per_step": cpu[name][0] / total_iters, "sys_cpu_s_per_step": cpu[name][1] / total_iters,
                  "times": times[name]})
   speedup = rows[1]["step_s"] / rows[0]["step_s"]
+  # Roofline: the step if every counted FLOP ran at the 2048^2 matmul rate, and the fraction of that
+  # rate a step 1.3x faster than torch's would have to sustain (> 1 means no fp32 schedule can).
+  at_rate = flops / 1e9 / rate
+  needed_13 = at_rate / (rows[1]["step_s"] / 1.3)
   info["load_avg_end"] = common.load_avg()
   path = common.write_json(args.out, {"machine": info, "config": args.config, "overrides": overrides,
                                       "xla_gflop_per_step": flops / 1e9, "matmul_gflop_per_s": mm,
-                                      "speedup_jax_over_torch": speedup, "results": rows, "quick": args.quick,
+                                      "speedup_jax_over_torch": speedup, "step_s_at_matmul_rate": at_rate,
+                                      "fraction_needed_for_1_3x": needed_13, "results": rows, "quick": args.quick,
                                       "model": dict(config.model)})
   common.print_table(
       f"train step, monl vs PyTorch eager twin ({args.config}, float32, {args.iters} interleaved runs)", rows,
@@ -108,7 +113,8 @@ def main(argv=None):
        "fraction_of_matmul", "user_cpu_s_per_step", "sys_cpu_s_per_step"], info,
       [f"monl speed / torch speed = {speedup:.2f}x (target >= 1.0, stretch 1.3); XLA FLOPs/step "
        f"{flops / 1e9:.1f} G; matmul {rate:.1f} GFLOP/s (runs {', '.join(f'{m:.1f}' for m in mm)}); "
-       f"target fraction >= 0.6; load avg at end {info['load_avg_end']}; wrote {path}"])
+       f"target fraction >= 0.6; at the matmul rate a step would take {at_rate:.2f} s, so 1.3x torch needs "
+       f"{needed_13:.2f} of it; load avg at end {info['load_avg_end']}; wrote {path}"])
 
 
 def compare_allocators(args) -> None:
@@ -120,8 +126,10 @@ def compare_allocators(args) -> None:
   rows = [dict(r, allocator=run["machine"]["allocator"], speedup=run["speedup_jax_over_torch"])
           for run in runs for r in run["results"]]
   base = {r["impl"]: r["step_s"] for r in rows[:2]}  # the first setting's step times
+  first_torch = rows[1]["step_s"]  # e.g. a plain torch process when the first setting is glibc
   for r in rows:
     r["vs_first_allocator"] = base[r["impl"]] / r["step_s"]
+    r["vs_first_torch"] = first_torch / r["step_s"]
   path = common.write_json(args.out, {"allocators": names, "runs": runs})
   info = runs[-1]["machine"]
   info["allocator"] = "per row"
@@ -129,9 +137,11 @@ def compare_allocators(args) -> None:
       f"train step, monl vs PyTorch eager twin ({args.config}), per allocator setting "
       f"({'--quick' if args.quick else f'{args.iters} interleaved runs each'})", rows,
       ["allocator", "impl", "step_s", "user_cpu_s_per_step", "sys_cpu_s_per_step", "fraction_of_matmul",
-       "vs_first_allocator", "speedup"], info,
+       "vs_first_allocator", "speedup", "vs_first_torch"], info,
       ["speedup = torch step / monl step in the same run; vs_first_allocator = the first setting's step / "
-       f"this one's, per impl; load avg at end of each run: {[r['machine']['load_avg_end'] for r in runs]}; "
+       f"this one's, per impl; vs_first_torch = the first setting's torch step / this row's step (with "
+       f"glibc first: against a plain torch process, which tbbmalloc slows); 1.3x the first torch needs "
+       f"{runs[0]['fraction_needed_for_1_3x']:.2f} of the matmul rate; load avg at end of each run: {[r['machine']['load_avg_end'] for r in runs]}; "
        f"wrote {path}"])
 
 
