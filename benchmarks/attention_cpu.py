@@ -1,12 +1,14 @@
-"""Attention forward + backward on XLA:CPU: monl's einsum attention, variants of it, and torch's SDPA.
+"""Attention forward + backward on XLA:CPU: monl's attention, variants of it, and torch's SDPA.
 
     python benchmarks/attention_cpu.py [--quick] [--batch 8 --heads 6 --length 512 --head_dim 64]
 
 The defaults are one block of configs/midsize.py's train step (the issue-16 comparison). Every variant
 is differentiated with jax.grad of sum(out * g) and jitted; the table gives the median time, the
 GFLOP/s of the 6 attention matmuls (2 forward, 4 backward) and the largest gradient difference from
-"xla". Timings interleave the variants; torch (if installed, `pip install -e .[bench]`) runs after
-them, on torch's intra-op threads = the machine's cores. Also timed: the two forward matmuls alone,
+"xla": the einsums differentiated by JAX (`monl.models.layers.einsum_attention`), what monl ran on CPU
+before `layers.cpu_attention`, which config.model.attention "xla" runs on CPU now. Timings interleave
+the variants; torch (if installed, `pip install -e .[bench]`) runs after them, on torch's intra-op
+threads = the machine's cores. Also timed: the two forward matmuls alone,
 since QK^T (contraction over the head dim, a [L, L] output) runs at a fraction of PV's rate.
 """
 from __future__ import annotations
@@ -23,7 +25,9 @@ def variants(scale: float):
   import jax
   import jax.numpy as jnp
 
-  def xla(q, k, v):  # monl.models.layers.dot_attention(..., "xla") without bias
+  from monl.models import layers
+
+  def xla(q, k, v):  # layers.einsum_attention without bias: the einsums, differentiated by JAX
     s = jnp.einsum("bhqk,bhsk->bhqs", q * scale, k)
     return jnp.einsum("bhqs,bhsk->bhqk", jax.nn.softmax(s, axis=-1), v)
 
@@ -54,7 +58,8 @@ def variants(scale: float):
             jnp.einsum("bhqs,bhqk->bhsk", p, do))
 
   saved_probs.defvjp(_fwd, _bwd)
-  return {"xla": xla, "normalise after PV": normalise_after_pv, "query blocks of 128 (lax.map)": query_blocks,
+  return {"xla": xla, "cpu_attention (monl on CPU)": lambda q, k, v: layers.cpu_attention(q, k, v, None),
+          "normalise after PV": normalise_after_pv, "query blocks of 128 (lax.map)": query_blocks,
           "custom_vjp from saved probs": saved_probs}
 
 

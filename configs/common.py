@@ -63,8 +63,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.param_dtype = "float32"
   c.model.remat_policy = "none"  # none | full | dots | dots_no_batch
   c.model.scan_layers = True
-  # xla (einsum, heads-major) | dot_product (jax.nn.dot_product_attention) | splash (Pallas TPU kernel)
-  # | auto (splash when compiling for TPU, else xla)
+  # xla (einsum, heads-major; layers.cpu_attention on CPU) | dot_product (jax.nn.dot_product_attention)
+  # | splash (Pallas TPU kernel) | auto (splash when compiling for TPU, else xla)
   c.model.attention = "xla"
   c.model.freq_embed_dim = 256  # sinusoidal timestep features before the MLP
   c.model.aligned_time = False  # one temporal position code shared by all modalities (segment units)

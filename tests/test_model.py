@@ -109,6 +109,46 @@ def test_attention_implementations_agree(impl):
                              atol=1e-5)
 
 
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_cpu_attention_matches_the_einsums_and_their_gradients(with_bias):
+  """cpu_attention's hand-written backward gives JAX's gradients of einsum_attention, bias included."""
+  ks = jax.random.split(jax.random.key(1), 5)
+  q, k, v, g = (jax.random.normal(key, (2, 3, 40, 8)) for key in ks[:4])
+  bias = jax.random.normal(ks[4], (3, 40, 40)) if with_bias else None
+  argnums = (0, 1, 2, 3) if with_bias else (0, 1, 2)
+
+  def grads(fn):
+    return jax.jit(jax.grad(lambda q, k, v, b: jnp.sum(fn(q, k, v, b) * g), argnums=argnums))(q, k, v, bias)
+
+  np.testing.assert_allclose(layers.cpu_attention(q, k, v, bias), layers.einsum_attention(q, k, v, bias),
+                             atol=2e-6)
+  want = grads(layers.einsum_attention)
+  got = grads(layers.cpu_attention)
+  assert len(got) == len(argnums)
+  for name, a, b in zip("qkvb", got, want):
+    assert float(jnp.abs(b).max()) > 1e-3, name  # a real gradient, not a zero compared with a zero
+    np.testing.assert_allclose(a, b, atol=2e-6, err_msg=name)
+  low = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+  low_grads = jax.grad(lambda *a: jnp.sum(layers.cpu_attention(*a, None).astype(jnp.float32)),
+                       argnums=(0, 1, 2))(*low)
+  assert all(x.dtype == jnp.bfloat16 for x in low_grads)
+
+
+def test_xla_attention_on_cpu_keeps_every_product_on_ynnpack():
+  """On CPU, "xla" runs cpu_attention: no dot of its backward is left outside a YNNPACK fusion (the
+  einsums' backward leaves dP = dO V^T and dQ = dS K to Eigen)."""
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 2, 64, 16))
+
+  def entry_dots(impl):
+    grad = jax.grad(lambda q, k, v: jnp.sum(impl(q, k, v, None) ** 2), argnums=(0, 1, 2))
+    hlo = jax.jit(grad).lower(q, k, v).compile().as_text()
+    return sum(" dot(" in line for line in hlo.split("\nENTRY")[1].splitlines())
+
+  assert jax.default_backend() == "cpu"
+  assert entry_dots(lambda *a: layers.dot_attention(*a[:3], "xla", a[3])) == 0
+  assert entry_dots(layers.einsum_attention) > 0  # the check can fail: the einsums do leave dots there
+
+
 def test_remat_and_scan_give_same_output():
   base, lay = _setup()
   tokens, t = _inputs(lay)
