@@ -254,6 +254,7 @@ def test_evaluate_reports_cell_error_as_primary(trained_symbols, tmp_path):
   assert res["builtin_dataset"] and res["ground_truth"] == "monl.data.symbols"
   assert res["real_reference"]["cell_error"]["value"] == 0
   assert res["real_reference"]["cross_modal_agreement"]["value"] == 0
+  assert res["chance_reference"]["cross_modal_agreement"]["value"] > 0  # a segment's two cells: other clips
   for name, t in res["tasks"].items():
     assert t["primary"] == "cell_error", name
     m = t["metrics"]

@@ -9,6 +9,28 @@ from monl.eval import evaluate as ev
 from monl.eval import metrics
 
 
+def test_unrelated_cells_takes_every_cell_from_another_clip():
+  from types import SimpleNamespace
+  lay = SimpleNamespace(modalities=[SimpleNamespace(name="video", segments=(1, 3)),
+                                    SimpleNamespace(name="audio", segments=(2, 2))])
+  b = 6
+  # every frame of clip i holds i, so each cell names the clip it came from
+  clips = {"video": np.arange(b, dtype=float)[:, None, None] * np.ones((b, 4, 2)),
+           "audio": np.arange(b, dtype=float)[:, None] * np.ones((b, 4))}
+  out = ev.unrelated_cells(clips, lay)
+  assert {k: v.shape for k, v in out.items()} == {k: v.shape for k, v in clips.items()}
+  src = np.stack([out["video"][:, 0, 0], out["video"][:, 1, 0], out["audio"][:, 0], out["audio"][:, 2]], 1)
+  np.testing.assert_array_equal(out["video"][:, 1:4, 0], np.repeat(src[:, 1:2], 3, 1))  # one source per cell
+  for i in range(b):
+    assert i not in src[i] and len(set(src[i])) == 4  # four cells, four other clips
+  # fewer clips than cells: a segment's two modalities still come from different clips
+  few = ev.unrelated_cells({k: v[:3] for k, v in clips.items()}, lay)
+  assert (few["video"][:, 0, 0] != few["audio"][:, 0]).all()
+  assert (few["video"][:, 1, 0] != few["audio"][:, 2]).all()
+  with pytest.raises(ValueError, match="at least 2 clips"):
+    ev.unrelated_cells({k: v[:1] for k, v in clips.items()}, lay)
+
+
 def test_generated_frames_and_exclusion_of_conditioning_segments():
   np.testing.assert_array_equal(ev.generated_frames([False, True, True, False], [2, 1, 1, 2]),
                                 [0, 0, 1, 1, 0, 0])
@@ -86,7 +108,10 @@ def test_evaluate_end_to_end_and_cache_reuse(trained, tmp_path, monkeypatch):
   np.testing.assert_allclose(res2["tasks"]["joint"]["metrics"]["fvd_i3d"]["value"], fvd["value"])
   assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
   md = (tmp_path / "e1" / "results.md").read_text()
-  assert "| continue |" in md and "real clips (floor)" in md
+  assert "| continue |" in md and "real clips (floor)" in md and "cells of unrelated clips (chance)" in md
+  chance = res["chance_reference"]
+  assert chance.keys() == {"trajectory_error", "av_agreement", "bounce_sync"}
+  assert chance["av_agreement"]["value"] > 3 * res["real_reference"]["av_agreement"]["value"]
   # AV-align on every task (both modalities decoded), the real clips as reference; FAD off, and said so
   real_av = res["real_reference"]["av_align"]
   assert 0 < real_av["value"] <= 1 and len(real_av["per_clip"]) == 5

@@ -15,7 +15,8 @@ For every task (named tasks of `monl.sample.tasks`, the eval split `config.data.
      dataset, split, extractor, resize rule, number of clips and the frames kept.
    * on a built-in dataset, the ground-truth task scores of the generator that made it
      (`ground_truth_for`, keyed by `produced_by.generator.name`) on the raw (de-normalised) clips,
-     lower is better, each with the same score on the real clips (the reference floor):
+     lower is better, each with the same score on the real clips (the reference floor) and on real
+     cells of unrelated clips (`unrelated_cells`, chance):
      - bouncing ball (`monl.data.synthetic`): `trajectory_error` when any video cell is generated,
        `av_agreement` and `bounce_sync` (cross-modal) for every task;
      - symbols (`monl.data.symbols`): `cell_error` (generated cells with the wrong symbol for the given
@@ -368,6 +369,26 @@ def ground_truth_for(spec, names: Sequence[str]) -> GroundTruth | None:
   return ground_truth_registry().get(gen.get("name"))
 
 
+def unrelated_cells(clips: Mapping[str, np.ndarray], lay) -> dict[str, np.ndarray]:
+  """Real clips {m: [B, T_m, ...]} re-assembled so that no two cells of a clip belong together: cell
+  c = segment · M + modality of clip i is that cell of clip (i + 1 + c mod (B - 1)) mod B, never clip i.
+  Every cell is real data, so these clips score what drawing each cell on its own would: the chance
+  reference next to the real clips' floor. The cells get distinct source clips when B > M·N; with fewer
+  clips, a segment's modalities still come from different clips (B > M) and so do neighbouring segments."""
+  b = len(next(iter(clips.values())))
+  if b < 2:
+    raise ValueError(f"unrelated_cells needs at least 2 clips, got {b}")
+  num_modalities = len(lay.modalities)
+  out = {}
+  for mi, m in enumerate(lay.modalities):
+    x = np.asarray(clips[m.name])
+    bounds = np.cumsum((0, *m.segments))
+    out[m.name] = np.concatenate(
+        [x[(np.arange(b) + 1 + (s * num_modalities + mi) % (b - 1)) % b, bounds[s]:bounds[s + 1]]
+         for s in range(len(m.segments))], axis=1)
+  return out
+
+
 def av_align_scores(video: np.ndarray, audio: np.ndarray, decoder: Decoder) -> np.ndarray:
   """Per-clip AV-align (higher is better) of a dataset's clips video [B, T', ...], audio [B, T_a, ...] -> [B]:
   on the arrays themselves when they are RGB + spectrogram frames (built-in datasets), else on the
@@ -496,13 +517,17 @@ def evaluate(config, workdir: str, *, tasks: str | Sequence[str] = "all", num: i
   builtin = truth is not None
   log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
 
-  # Reference floor: the ground-truth scores of the real clips (scored as if every cell were generated).
-  real_ref = {}
+  # Reference floor: the ground-truth scores of the real clips (scored as if every cell were generated);
+  # and chance: the same scores of real cells from unrelated clips (`unrelated_cells`).
+  real_ref, chance_ref = {}, {}
   if builtin:
     every_cell = {m: np.zeros(lay.num_segments, bool) for m in names}
     for k, v in truth.scores(real, real, every_cell).items():
       real_ref[k] = _mean_entry(v, k, None, truth)
       real_ref[k]["label"] = truth.labels[k] + " on real clips (reference floor)"
+    for k, v in truth.scores(unrelated_cells(real, lay), real, every_cell).items():
+      chance_ref[k] = _mean_entry(v, k, None, truth)
+      chance_ref[k]["label"] = truth.labels[k] + " on real cells of unrelated clips (chance)"
 
   # The decoder to RGB + audio that AV-align, FAD and (on latents) FVD see the clips through: a built-in
   # dataset's arrays are RGB + spectrogram already; autoencoder latents are decoded by their autoencoder.
@@ -559,7 +584,7 @@ def evaluate(config, workdir: str, *, tasks: str | Sequence[str] = "all", num: i
       "sampler": config.sample.sampler, "solver": solver or config.sample.get("solver", "ddim"),
       "mode": config.sample.mode, "builtin_dataset": builtin,
       "ground_truth": truth.source if builtin else None, "settings": settings, "real_reference": real_ref,
-      "notes": notes, "tasks": {}}
+      "chance_reference": chance_ref, "notes": notes, "tasks": {}}
   for ti, task in enumerate(task_list):
     t0 = time.perf_counter()
     req = run_lib.SampleRequest(task=task, split=split, num=n, steps=steps, guidance=guidance, seed=seed,
@@ -696,9 +721,11 @@ def results_markdown(results: dict[str, Any]) -> str:
       s = _fmt(m["value"]) if m else "—"
       cells.append(f"**{s}**" if m and k == t["primary"] else s)
     lines.append(f"| {name} | `{t['mask']}` | " + " | ".join(cells) + " |")
-  if results["real_reference"]:
-    lines.append("| *real clips (floor)* | | " + " | ".join(
-        _fmt(results["real_reference"][k]["value"]) if k in results["real_reference"] else "" for k in keys) + " |")
+  for ref, label in (("real_reference", "real clips (floor)"),
+                     ("chance_reference", "cells of unrelated clips (chance)")):
+    if results.get(ref):
+      lines.append(f"| *{label}* | | " + " | ".join(
+          _fmt(results[ref][k]["value"]) if k in results[ref] else "" for k in keys) + " |")
   if results.get("notes"):
     lines += [""] + [f"**Note:** {n}" for n in results["notes"]]
   lines += ["", "Metrics:"]
