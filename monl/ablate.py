@@ -269,7 +269,7 @@ def run_ablation(config, out: str, *, budget: float = 1.0, rows: Sequence[str] =
     if run.reuse_vanilla and van is not None and all(t in van["tasks"] for t in run.tasks):
       print(f"{head}: reuse the vanilla row's results of seed {run.seed}", flush=True)
       res = {"tasks": {t: van["tasks"][t] for t in run.tasks}, "checkpoint_step": van["checkpoint_step"],
-             "real_reference": van.get("real_reference", {})}
+             "real_reference": van.get("real_reference", {}), "chance_reference": van.get("chance_reference", {})}
     else:
       done_steps = latest_checkpoint(run.train_dir)
       if done_steps == b["train_steps"] and res_file.exists():
@@ -296,6 +296,7 @@ def run_ablation(config, out: str, *, budget: float = 1.0, rows: Sequence[str] =
     m = merged[run.row][run.seed]
     m["tasks"].update(res["tasks"])
     m.setdefault("real_reference", res.get("real_reference", {}))
+    m.setdefault("chance_reference", res.get("chance_reference", {}))
     m["checkpoint_step"] = res.get("checkpoint_step") if m["checkpoint_step"] is None else min(
         m["checkpoint_step"], res.get("checkpoint_step"))
 
@@ -469,13 +470,16 @@ def ablation_table(results: dict[str, list[dict]], settings: dict[str, Any]) -> 
   def row_mean(x):
     return cell(np.mean(x[np.isfinite(x)])) if np.isfinite(x).any() else None
 
-  first = next((r for runs in results.values() for r in runs if r.get("real_reference")), {})
-  floor = {t: first.get("real_reference", {}).get(primary.get(t, ""), {}).get("value") for t in tasks}
+  def reference(key):  # the primary score of each task on the first run's real (or chance) clips
+    first = next((r for runs in results.values() for r in runs if r.get(key)), {})
+    return {t: first.get(key, {}).get(primary.get(t, ""), {}).get("value") for t in tasks}
+
   return {
       "settings": settings, "rows": rows, "strategies": rows, "extra_rows": [r for r in rows if r not in main],
       "labels": {r: ROWS[r].label if r in ROWS else r for r in rows},
       "modes": {r: ROWS[r].mode if r in ROWS else None for r in rows},
-      "tasks": tasks, "primary": primary, "real_floor": floor,
+      "tasks": tasks, "primary": primary, "real_floor": reference("real_reference"),
+      "chance": reference("chance_reference"),
       "values": {r: {t: cell(mean[i, j]) for j, t in enumerate(tasks)} for i, r in enumerate(rows)},
       "stderr": {r: {t: cell(se[i, j]) for j, t in enumerate(tasks)} for i, r in enumerate(rows)},
       "stderr_over": "seeds" if settings.get("seeds", 1) > 1 else "clips (one seed)",
@@ -531,8 +535,10 @@ def ablation_markdown(table: dict[str, Any]) -> str:
     cells += [f"**{rtxt}**" if mr is not None and mr == best_rank and r in main else rtxt,
               "—" if mn is None else f"{mn:.3f}"]
     lines.append(f"| {table['labels'][r]} | " + " | ".join(cells) + " |")
-  floor = table["real_floor"]
-  lines.append("| *real clips (floor)* | " + " | ".join(_num(floor.get(t)) for t in tasks) + " | | |")
+  for key, label in (("real_floor", "real clips (floor)"), ("chance", "cells of unrelated clips (chance)")):
+    ref = table.get(key, {})
+    if any(v is not None for v in ref.values()) or key == "real_floor":
+      lines.append(f"| *{label}* | " + " | ".join(_num(ref.get(t)) for t in tasks) + " | | |")
   notes = []
   if "vanilla" in rows:
     notes.append("Vanilla is sampled with the replacement method (given cells re-noised to the current level).")

@@ -61,6 +61,9 @@ def test_ablation_seeds_modes_then_skips_finished_runs(builtin_dataset, tmp_path
   assert set(table["mean_rank"].values()) <= {1.0, 1.5, 2.0, 2.5, 3.0}
   md = (tmp_path / "ablation.md").read_text()
   assert "2 seeds" in md and " ± " in md and "| vanilla (monl mode) |" in md and "| Vanilla |" in md
+  # the real clips' floor and chance (cells of unrelated clips) bracket the rows, per task's primary score
+  assert "| *real clips (floor)* |" in md and "| *cells of unrelated clips (chance)* |" in md
+  assert all(table["chance"][t] > table["real_floor"][t] for t in table["tasks"])
   before = {r: _mtimes(tmp_path / r) for r in ("vanilla", "monl", "vanilla_monl_mode")}
 
   table2 = ablate.run_ablation(config, str(tmp_path), **kw)
