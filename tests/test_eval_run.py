@@ -187,3 +187,26 @@ def test_nice_ticks():
   assert ev.nice_ticks(250.0) == [0.0, 100.0, 200.0]
   ticks = ev.nice_ticks(7.3)
   assert ticks[0] == 0.0 and ticks[-1] <= 7.3 and 4 <= len(ticks) <= 8 and ticks[1] in (1.0, 2.0)
+
+
+def _results(real=None, chance=None):
+  metric = lambda v, se=None, **kw: {"value": v, "stderr": se, **kw}
+  return {"checkpoint_step": 7, "real_reference": real or {}, "chance_reference": chance or {}, "tasks": {
+      "joint": {"metrics": {"latent_fd_video": metric(200.0), "av_align": metric(0.3, higher_is_better=True),
+                            "trajectory_error": metric(0.05, 0.01)}},
+      "v2a": {"metrics": {"latent_fd_video": metric(100.0), "av_align": metric(0.6, higher_is_better=True)}}}}
+
+
+def test_chart_places_ground_truth_between_real_clips_and_chance():
+  res = _results(real={"trajectory_error": {"value": 0.01}}, chance={"trajectory_error": {"value": 0.09}})
+  series, values, errors, title, reference = ev.chart_series(res)
+  assert series == ["trajectory_error"] and reference == 1.0 and "0 = real clips" in title
+  np.testing.assert_allclose(values[:, 0], [0.5, np.nan])  # (0.05 - 0.01) / (0.09 - 0.01); v2a: none
+  np.testing.assert_allclose(errors[0, 0], 0.125)
+
+
+def test_chart_without_ground_truth_names_the_higher_is_better_metric():
+  series, values, errors, title, reference = ev.chart_series(_results())
+  assert series == ["latent_fd_video", "av_align (higher is better)", "trajectory_error"]
+  assert "except av_align" in title and reference is None and np.isnan(errors).all()
+  np.testing.assert_allclose(values[:, 0], [1.0, 0.5])  # each metric over its largest value

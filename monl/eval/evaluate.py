@@ -811,18 +811,42 @@ def bar_chart(path, groups: list[str], series: list[str], values: np.ndarray, ti
     img.save(f, format="PNG")
 
 
-def results_chart(results: dict[str, Any], path) -> None:
-  """One bar group per task; each bar = a metric divided by its largest value over tasks."""
+def chart_series(results: dict[str, Any]) -> tuple[list[str], np.ndarray, np.ndarray, str, float | None]:
+  """What results.png draws: (series, values [tasks, series], ± errors, title, reference line).
+
+  With ground truth (built-in data): each ground-truth score placed between the real clips (0) and real
+  cells of unrelated clips (1, chance), ± its standard error on the same scale. Otherwise: each metric
+  divided by its largest value over tasks."""
   tasks = list(results["tasks"])
+  floor, chance = results.get("real_reference") or {}, results.get("chance_reference") or {}
   keys: list[str] = []
   for t in results["tasks"].values():
     keys += [k for k in t["metrics"] if k not in keys and k != "latent_fd_mean"]
-  vals = np.full((len(tasks), len(keys)), np.nan)
+  scaled = [k for k in keys if k in chance and k in floor and chance[k]["value"] != floor[k]["value"]]
+  keys = scaled or keys
+  vals, errs = np.full((len(tasks), len(keys)), np.nan), np.full((len(tasks), len(keys)), np.nan)
   for i, t in enumerate(tasks):
     for j, k in enumerate(keys):
-      if k in results["tasks"][t]["metrics"]:
-        vals[i, j] = results["tasks"][t]["metrics"][k]["value"]
+      entry = results["tasks"][t]["metrics"].get(k)
+      if entry is not None:
+        vals[i, j] = entry["value"]
+        errs[i, j] = np.nan if entry.get("stderr") is None else entry["stderr"]
+  step = results["checkpoint_step"]
+  if scaled:
+    lo = np.array([floor[k]["value"] for k in keys])
+    span = np.array([chance[k]["value"] for k in keys]) - lo
+    return (keys, (vals - lo) / span, errs / np.abs(span), f"monl evaluation, step {step}: ground-truth "
+            "scores, 0 = real clips, 1 = cells of unrelated clips (line); lower is better, ± SE", 1.0)
   with np.errstate(invalid="ignore", divide="ignore"):
     vals = vals / np.nanmax(np.abs(vals), axis=0, keepdims=True) if len(tasks) else vals
-  bar_chart(path, tasks, keys, vals, f"monl evaluation, step {results['checkpoint_step']} "
-            "(each metric / its max over tasks; lower is better)", "rel.")
+  higher = [k for k in keys if any(results["tasks"][t]["metrics"].get(k, {}).get("higher_is_better")
+                                   for t in tasks)]
+  return ([f"{k} (higher is better)" if k in higher else k for k in keys], vals, np.full(vals.shape, np.nan),
+          f"monl evaluation, step {step} (each metric / its max over tasks; lower is better"
+          f"{' except ' + ', '.join(higher) if higher else ''})", None)
+
+
+def results_chart(results: dict[str, Any], path) -> None:
+  """results.png: one bar group per task (`chart_series`)."""
+  series, values, errors, title, reference = chart_series(results)
+  bar_chart(path, list(results["tasks"]), series, values, title, "rel.", reference=reference, errors=errors)
