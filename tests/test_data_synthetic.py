@@ -70,6 +70,23 @@ def test_scores_ground_truth_vs_shuffled(clips):
   assert isinstance(syn.av_agreement(video[0], audio[0]), float)
 
 
+def test_background_noise_sees_speckle_but_not_the_ball(clips):
+  video = clips[0].astype(np.float64)
+  assert syn.background_noise(video).max() == 0.0  # a flat background, whatever the ball does
+  rng = np.random.default_rng(0)
+  speckled = video + 0.03 * rng.standard_normal(video.shape)
+  np.testing.assert_allclose(syn.background_noise(speckled), 0.03, rtol=0.1)
+  # a second ball far from the first is counted; the same ball brighter is not
+  ghost = video.copy()
+  ghost[:, :, :3, :3] = 1.0 - ghost[:, :, :3, :3]
+  far = syn.background_noise(ghost) > 0.05
+  assert far.mean() > 0.5
+  ball = np.abs(video - video[:, :, :1, :1]).max(-1, keepdims=True) > 0  # corner pixel = background
+  ball &= np.abs(video - video[:, :, -1:, -1:]).max(-1, keepdims=True) > 0
+  assert syn.background_noise(np.where(ball, 0.5 * video, video)).max() == 0.0
+  assert isinstance(syn.background_noise(video[0]), float)
+
+
 def test_decoders(clips, tmp_path):
   video, audio, _ = clips
   frames = syn.video_to_frames(video[0], scale=4)

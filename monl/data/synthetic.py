@@ -23,6 +23,8 @@ Ground-truth scores (for generated clips, on the RAW de-normalised scale; lower 
   the floor or a wall (a bounce). Ground truth ≈ 0.002; frame-shuffled video ≈ 0.1.
 - `bounce_sync(video, audio)`: symmetric mean distance in seconds between floor bounces seen in the video
   and clicks heard in the audio, each distance capped at 0.5 s (0.5 if one side has none).
+- `background_noise(video)`: RMS deviation from a flat colour of the pixels away from the ball (raw
+  units). Ground truth: exactly 0; speckle, stains and ghost balls raise it.
 
 Decoders for looking and listening: `video_to_frames` → `write_gif`; `audio_to_waveform` (additive
 resynthesis: one sinusoid per bin) → `write_wav`.
@@ -64,6 +66,7 @@ CLICK = 0.6  # linear magnitude of a bounce click in every bin
 NOISE_FLOOR = 0.01
 BIN_FREQS_HZ = np.geomspace(200.0, 3200.0, AUDIO_SHAPE[1])
 EDGE = 1.0 / 16  # soft edge width of the ball (one pixel)
+MAX_RADIUS = 0.16  # largest ball radius (box units)
 
 # Score constants (box units). A floor bounce happens within FLOOR_ZONE of the bottom (centre height;
 # radius ≤ 0.16 plus one frame of the fastest fall); a wall bounce within WALL_ZONE of a side wall.
@@ -121,7 +124,7 @@ def generate_clip(rng: np.random.Generator) -> dict[str, Any]:
   centre positions at video frames (`video_xy` [16, 2]) and audio frames (`audio_y` [64])."""
   t_v, h, w, _ = VIDEO_SHAPE
   t_a, n_bins = AUDIO_SHAPE
-  r = rng.uniform(0.09, 0.16)
+  r = rng.uniform(0.09, MAX_RADIUS)
   e = rng.uniform(0.8, 0.95)
   vx = rng.uniform(0.25, 0.6) * rng.choice([-1.0, 1.0])
   vy = rng.uniform(-0.5, 0.5)
@@ -332,6 +335,26 @@ def av_agreement(video: np.ndarray, audio: np.ndarray) -> np.ndarray | float:
   t_a = (np.arange(ha.shape[1]) + 0.5) / ha.shape[1]
   ha_v = np.stack([np.interp(t_v, t_a, row) for row in ha])
   return _out(np.abs(hv - ha_v).mean(axis=1), batched)
+
+
+def background_noise(video: np.ndarray) -> np.ndarray | float:
+  """RMS deviation of the background from a flat colour, raw units (lower is better; real clips: 0).
+
+  `video: [(B,) T, H, W, 3]` → `[B]`. Per frame, the pixels whose centre lies farther than the largest
+  ball radius plus two pixels from the ball's centre (`ball_positions`) against their median colour;
+  mean over frames. Speckle, stains and ghost balls raise it; the ball itself is never counted."""
+  v, batched = _batched(video, 4, "background_noise video")
+  _, _, h, w, _ = v.shape
+  pos = ball_positions(v)  # [B, T, 2]
+  px = (np.arange(w) + 0.5) / w
+  py = 1.0 - (np.arange(h) + 0.5) / h
+  dist = np.sqrt((px[None, None, None, :] - pos[..., 0, None, None]) ** 2 +
+                 (py[None, None, :, None] - pos[..., 1, None, None]) ** 2)  # [B, T, H, W]
+  far = (dist > MAX_RADIUS + 2.0 / max(h, w))[..., None]
+  bg = np.stack([[np.median(f[m[..., 0]], axis=0) for f, m in zip(clip, mask)] for clip, mask in zip(v, far)])
+  sq = np.where(far, (v - bg[:, :, None, None, :]) ** 2, 0.0).sum(axis=(2, 3, 4))
+  rms = np.sqrt(sq / np.maximum(3 * far.sum(axis=(2, 3, 4)), 1))  # [B, T]
+  return _out(rms.mean(axis=1), batched)
 
 
 def _second_differences(video: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
