@@ -72,6 +72,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.time_bias_prior = 0.0  # initial cross-modal bias at offset 0 (Gaussian in offset); 0 = zeros
   c.model.prediction = "eps"  # network output: eps (the paper) | v | x0 (see monl.schedule.PREDICTIONS)
   c.model.x0_loss_cap = 5.0  # x0 prediction: per-cell loss weight min(1 + SNR, cap)
+  # linear | mlp: a two-layer head for modalities whose token is larger than the width (avdit.HEADS)
+  c.model.head = "linear"
+  c.model.head_hidden = 0  # mlp head's hidden width (0 = the token size)
   c.model.x0_skip = 0.0  # x0 prediction: sigma_data of the skip c_skip z_t + c_out F (0 = plain x0)
 
   c.schedule = ml_collections.ConfigDict()

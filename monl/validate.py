@@ -32,6 +32,7 @@ _RULES: tuple[tuple[str, str, Any, Any, bool, bool, str], ...] = (
     ("model.self_cond_rate", "float", 0, 1, True, True, "self-conditioning probability"),
     ("model.x0_loss_cap", "float", 0, None, False, True, "x0 loss weight cap"),
     ("model.x0_skip", "float", 0, None, True, True, "x0 skip sigma_data (0 = plain x0)"),
+    ("model.head_hidden", "int", 0, None, True, True, "mlp head's hidden width (0 = the token size)"),
     ("schedule.num_steps", "int", 1, None, True, True, "diffusion steps T"),
     ("schedule.beta_start", "float", 0, 1, False, False, "linear schedule start"),
     ("schedule.beta_end", "float", 0, 1, False, False, "linear schedule end"),

@@ -6,8 +6,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The same shrink as conftest.tiny_config, as command-line overrides of configs/default.py.
 TINY_FLAGS = {"data.batch_size": 8, "model.width": 32, "model.depth": 2, "model.num_heads": 2,
-              "model.freq_embed_dim": 32, "train.num_steps": 20, "train.warmup_steps": 5,
-              "train.log_every": 10, "ckpt.every": 10, "ckpt.async_save": False}
+              "model.freq_embed_dim": 32, "model.head_hidden": 64, "train.num_steps": 20,
+              "train.warmup_steps": 5, "train.log_every": 10, "ckpt.every": 10, "ckpt.async_save": False}
 
 
 def train_command(data_dir: str, workdir: str, **overrides) -> list[str]:

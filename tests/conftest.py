@@ -22,12 +22,13 @@ def builtin_dataset(tmp_path_factory):
 
 def tiny_config(data_dir: str, base: str = "default", **overrides):
   """The `configs/<base>.py` config (default: default.py) shrunk for tests: width 32, 2 layers,
-  batch 8, on `data_dir`."""
+  batch 8, a 64-wide mlp head (not the token's 1536), on `data_dir`."""
   import importlib
   c = importlib.import_module(f"configs.{base}").get_config()
   c.data.dir = data_dir
   c.data.batch_size = 8
   c.model.width, c.model.depth, c.model.num_heads, c.model.freq_embed_dim = 32, 2, 2, 32
+  c.model.head_hidden = 64
   c.train.num_steps, c.train.warmup_steps, c.train.log_every = 20, 5, 10
   c.ckpt.every = 10
   c.ckpt.async_save = False

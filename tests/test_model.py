@@ -14,7 +14,7 @@ from monl.train import loop
 
 def _setup(**model_overrides):
   c = default.get_config()
-  c.model.width, c.model.depth, c.model.num_heads = 32, 2, 2
+  c.model.width, c.model.depth, c.model.num_heads, c.model.head_hidden = 32, 2, 2, 64
   for k, v in model_overrides.items():
     c.model[k] = v
   lay = L.Layout.from_config(loop.with_data_layout(c).layout)
@@ -59,6 +59,23 @@ def test_output_shapes_and_zero_init(scan):
   for m in lay.modalities:
     assert out[m.name].shape == (2, m.num_tokens, m.patch_dim)
     np.testing.assert_array_equal(out[m.name], 0.0)  # adaLN-Zero heads start at zero
+
+
+@pytest.mark.parametrize("head, hidden", [("linear", 0), ("mlp", 0), ("mlp", 96)])
+def test_mlp_head_reaches_tokens_outside_a_width_dimensional_subspace(head, hidden):
+  model, lay = _setup(width=64, head=head, head_hidden=hidden)
+  tokens, t = _inputs(lay, b=16)
+  variables = _randomize(jax.jit(model.init)(jax.random.key(0), tokens, t))
+  params = variables["params"]
+  # only the video's tokens (1536 values) are larger than the width; the audio's (64) keep a linear head
+  assert "head_hidden_audio" not in params
+  assert ("head_hidden_video" in params) == (head == "mlp")
+  if head == "mlp":
+    assert params["head_hidden_video"]["kernel"].value.shape == (64, hidden or 1536)
+  video = np.asarray(jax.jit(model.apply)(variables, tokens, t)["video"]).reshape(-1, 1536)  # [128, 1536]
+  rank = np.linalg.matrix_rank(video - video.mean(0), tol=1e-4 * np.abs(video).max())
+  # a linear head's outputs span at most `width` directions; the mlp head's span more
+  assert rank <= 64 if head == "linear" else rank > 64
 
 
 def test_one_cell_level_changes_only_that_cells_modulation():

@@ -5,7 +5,7 @@ Data flow (B batch, L tokens of all modalities, C = M * N cells, D width):
   x [B, L, D];  levels t [B, M, N] --sin/cos + MLP, + learned cell embedding--> cond [B, C, D]
   each block: adaLN-Zero shift/scale/gate computed per cell [B, C, 6, D], gathered to tokens inside the
   fused elementwise ops; full self-attention + MLP
-  final: modulated LayerNorm + per-modality linear head -> eps {m: [B, L_m, P_m]}
+  final: modulated LayerNorm + per-modality head (linear or `HEADS`) -> eps {m: [B, L_m, P_m]}
 """
 from __future__ import annotations
 
@@ -26,6 +26,12 @@ REMAT_POLICIES = {
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
+# Output heads. linear: one Dense per modality. mlp: a modality whose token is larger than the width
+# gets Dense(H) -> GELU -> Dense(P) instead (P = its token size, H = `head_hidden`, by default P), so
+# that it can output any token, not only those of a width-dimensional subspace (whole-frame video
+# tokens: 1536 values from 128 features); smaller tokens keep the linear head, which reaches them all.
+HEADS = ("linear", "mlp")
+
 
 @dataclasses.dataclass(frozen=True)
 class AVDiTConfig:
@@ -44,6 +50,8 @@ class AVDiTConfig:
   aligned_time: bool = False
   time_bias: bool = False
   time_bias_prior: float = 0.0
+  head: str = "linear"  # linear | mlp (`HEADS`)
+  head_hidden: int = 0  # mlp head: hidden width (0 = the token size)
 
   @classmethod
   def from_config(cls, model_cfg) -> "AVDiTConfig":
@@ -53,6 +61,8 @@ class AVDiTConfig:
     if model_cfg.remat_policy not in ("none", *REMAT_POLICIES):
       raise ValueError(f"config.model.remat_policy={model_cfg.remat_policy!r}: expected one of "
                        f"{('none', *REMAT_POLICIES)}")
+    if model_cfg.get("head", "linear") not in HEADS:
+      raise ValueError(f"config.model.head={model_cfg.head!r}: expected one of {HEADS}")
     if model_cfg.attention not in layers.ATTENTION_IMPLEMENTATIONS:
       raise ValueError(f"config.model.attention={model_cfg.attention!r}: expected one of "
                        f"{layers.ATTENTION_IMPLEMENTATIONS}")
@@ -63,7 +73,8 @@ class AVDiTConfig:
                attention=model_cfg.attention, freq_embed_dim=model_cfg.freq_embed_dim,
                aligned_time=model_cfg.get("aligned_time", False),
                time_bias=model_cfg.get("time_bias", False),
-               time_bias_prior=float(model_cfg.get("time_bias_prior", 0.0)))
+               time_bias_prior=float(model_cfg.get("time_bias_prior", 0.0)),
+               head=model_cfg.get("head", "linear"), head_hidden=int(model_cfg.get("head_hidden", 0)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -190,8 +201,15 @@ class AVDiT(nn.Module):
     for mod in lay.modalities:
       x_m = x[:, start:start + mod.num_tokens]
       start += mod.num_tokens
-      out[mod.name] = layers.dense(mod.patch_dim, ("embed", "patch"), dtype=dtype, param_dtype=pdtype,
-                                   zero_init=True, name=f"head_{mod.name}")(x_m).astype(jnp.float32)
+      in_axis = "embed"
+      if cfg.head == "mlp" and mod.patch_dim > d:
+        in_axis = "mlp"
+        x_m = layers.dense(cfg.head_hidden or mod.patch_dim, ("embed", "mlp"), dtype=dtype, param_dtype=pdtype,
+                           name=f"head_hidden_{mod.name}")(x_m)
+        x_m = nn.with_logical_constraint(jax.nn.gelu(x_m, approximate=True), layers.BLM)
+      out[mod.name] = layers.dense(mod.patch_dim, (in_axis, "patch"),
+                                   dtype=dtype, param_dtype=pdtype, zero_init=True,
+                                   name=f"head_{mod.name}")(x_m).astype(jnp.float32)
     return out
 
 
