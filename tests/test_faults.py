@@ -103,11 +103,11 @@ def test_checkpoint_records_layout_and_checksums(run4):
 # -- item 3: a changed model shape names the config field ------------------------------------------------
 
 def test_changed_model_width_names_the_config_field_not_orbax(run4, builtin_dataset, tmp_path):
-  wide = tiny_config(builtin_dataset, **OVERRIDES, **{"model.width": 64})
-  with pytest.raises(ckpt_lib.CheckpointMismatchError, match=r"config\.model\.width: checkpoint 32, now 64") as e:
+  wide = tiny_config(builtin_dataset, **OVERRIDES, **{"model.width": 48})
+  with pytest.raises(ckpt_lib.CheckpointMismatchError, match=r"config\.model\.width: checkpoint 32, now 48") as e:
     loop.train(wide, str(_copy(run4, tmp_path)))
   msg = str(e.value)
-  assert "params/params/block_0/adaln/bias: checkpoint float32[192], now float32[384]" in msg, msg
+  assert "params/params/block_0/adaln/bias: checkpoint float32[192], now float32[288]" in msg, msg
   assert "strict" not in msg
 
 

@@ -76,8 +76,11 @@ def test_two_processes_match_one_and_resume_on_one(builtin_dataset, tmp_path):
     ck = ckpt_lib.Checkpointer(work / "checkpoints", async_save=False)
     restored = ck.restore(step, factory.abstract)
     ck.close()
+    # Two processes sum the gradients in another order; Adam's m / sqrt(v) turns that float noise into
+    # ~1e-6 on weights whose gradients are near zero. A wrong batch or a lost gradient moves a weight
+    # by about the learning rate (4e-4 or more per step here, in warm-up).
     for a, b in zip(jax.tree.leaves(states[step - 1]), jax.tree.leaves(jax.device_get(restored.params))):
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
   assert_params(STEPS)
   # Resumed on ONE process (a smaller slice): the data continues where the two processes left it.

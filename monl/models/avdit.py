@@ -203,7 +203,8 @@ class AVDiT(nn.Module):
       start += mod.num_tokens
       in_axis = "embed"
       if cfg.head == "mlp" and mod.patch_dim > d:
-        in_axis = "mlp"
+        # the second kernel [H, P] has no `embed` axis to shard under fsdp: its H is `head_mlp`
+        in_axis = "head_mlp"
         x_m = layers.dense(cfg.head_hidden or mod.patch_dim, ("embed", "mlp"), dtype=dtype, param_dtype=pdtype,
                            name=f"head_hidden_{mod.name}")(x_m)
         x_m = nn.with_logical_constraint(jax.nn.gelu(x_m, approximate=True), layers.BLM)

@@ -1,7 +1,8 @@
 """Building blocks of AVDiT: logically-partitioned dense layers, embeddings, attention, per-cell adaLN.
 
 Logical axis names (mapped to mesh axes by the rule tables in `monl.parallel.rules`):
-  parameters:  embed, mlp, heads, kv, qkv, patch, freq, cells, modalities, mod (adaLN chunks), layers
+  parameters:  embed, mlp, heads, kv, qkv, patch, freq, cells, modalities, mod (adaLN chunks), layers,
+               head_mlp (the hidden units of an mlp output head, in its second kernel)
   activations: batch, length, act_embed, act_heads, act_kv, act_mlp, cells_act
 """
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Names not listed are replicated. Selected by `config.mesh.rules`:
   dp       pure data parallel: batch over every device, all parameters replicated.
-  fsdp     + parameters sharded along their `embed` dimension over the `fsdp` axis (ZeRO-3 style).
+  fsdp     + parameters sharded along their `embed` dimension over the `fsdp` axis (ZeRO-3 style); the
+           second kernel of an mlp output head [head_mlp, patch] along `head_mlp`.
   fsdp_tp  + heads and MLP hidden units split over `tensor`, tokens over `sequence`.
 """
 from __future__ import annotations
@@ -13,10 +14,11 @@ _BATCH = ("batch", ("data", "fsdp"))
 
 RULE_SETS: dict[str, tuple[tuple[str, object], ...]] = {
     "dp": (_BATCH,),
-    "fsdp": (_BATCH, ("embed", "fsdp")),
+    "fsdp": (_BATCH, ("embed", "fsdp"), ("head_mlp", "fsdp")),
     "fsdp_tp": (
         _BATCH,
         ("embed", "fsdp"),
+        ("head_mlp", "fsdp"),
         ("heads", "tensor"),
         ("mlp", "tensor"),
         ("act_heads", "tensor"),
