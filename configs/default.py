@@ -39,8 +39,9 @@ def get_config(arg: str | None = None):
   # subspace of them (91% of the frames' variance), which leaves ringing and fading balls. The skip
   # that fixed this before (model.x0_skip = 0.3) drew the other 9% as Gaussian noise: speckle
   # (docs/diagnosis.md). Measured at 10k steps, two seeds each: background_noise 0.035 -> 0.0077, joint
-  # av_agreement 0.019 / 0.022 -> 0.015 / 0.015, joint trajectory error 0.052 / 0.057 -> 0.046 / 0.043;
-  # steps ~20% slower. A 512-wide hidden layer was faster but left more failed joint clips.
+  # av_agreement 0.019 / 0.022 -> 0.015 / 0.015, joint trajectory error 0.052 / 0.057 -> 0.046 / 0.043.
+  # Its 2.56M parameters (4.0M in all, from 1.7M) make a step 1.5x slower (19.5 vs 29.5 steps/s); a
+  # 512-wide hidden layer (25.5 steps/s) removed the speckle too but left more failed joint clips.
   config.model.head = "mlp"
   # A learned relative-time attention bias, started at attending to the other modality's tokens of the
   # same moment: without it cross-modal attention stays time-blind (docs/diagnosis.md).
