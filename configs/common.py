@@ -75,7 +75,10 @@ def base_config() -> ml_collections.ConfigDict:
   # linear | mlp: a two-layer head for modalities whose token is larger than the width (avdit.HEADS)
   c.model.head = "linear"
   c.model.head_hidden = 0  # mlp head's hidden width (0 = the token size)
-  c.model.x0_skip = 0.0  # x0 prediction: sigma_data of the skip c_skip z_t + c_out F (0 = plain x0)
+  # x0 prediction: sigma_data of the skip c_skip z_t + c_out F (0 = plain x0). With a linear head and
+  # tokens larger than the width, sampling draws the part the head cannot reach as N(0, sigma_data^2)
+  # noise (docs/diagnosis.md); the mlp head is the fix.
+  c.model.x0_skip = 0.0
 
   c.schedule = ml_collections.ConfigDict()
   c.schedule.kind = "linear"  # linear | cosine
