@@ -137,6 +137,10 @@ def base_config() -> ml_collections.ConfigDict:
   # ddim: the one-step update of `sampler`; dpmpp_2m | dpmpp_3m: DPM-Solver++ multistep ODE solver
   # (deterministic: needs sampler=ddim, eta=0; ~25 steps instead of 250)
   c.sample.solver = "ddim"
+  # how the steps' levels are spread over 1..T: uniform (the paper's DDIM respacing) | logsnr | karras
+  # (denser at low noise, see monl.sample.sampler.spaced_levels) | auto (uniform for ddim, logsnr for the
+  # multistep solvers, which need logsnr levels to match 250 DDIM steps in 25)
+  c.sample.spacing = "auto"
   c.sample.steps = 50
   c.sample.eta = 0.0  # DDIM eta
   c.sample.guidance = 0.0  # s in (1 + s) eps_cond - s eps_uncond

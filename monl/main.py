@@ -14,7 +14,8 @@
   python -m monl.main plan   --config configs/avdit_paper.py --topology v5e:16x16 [--json]
   python -m monl.main evaluate --config configs/default.py --workdir /tmp/monl --tasks all --num 256 \
       --steps 50 [--seed 0 --guidance 1.5 --output DIR]   # results.json/.md/.png (monl.eval.evaluate)
-  sample / evaluate: --solver dpmpp_2m --steps 25   # DPM-Solver++ instead of DDIM (config.sample.solver)
+  sample / evaluate: --solver dpmpp_2m --steps 25   # DPM-Solver++ instead of DDIM (config.sample.solver),
+      on logsnr-spaced levels (--spacing, config.sample.spacing; auto: uniform for ddim)
 
 train (resuming), sample and evaluate take WORKDIR/config.json as the config when --config is omitted
 (`--config.*` flags still apply on top); a config that changes what the checkpoints depend on (layout,
@@ -52,6 +53,8 @@ flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_string("sampler", None, "ddim | ddpm (default config.sample.sampler).")
 flags.DEFINE_string("solver", None, "sample/evaluate: ddim | dpmpp_2m | dpmpp_3m (DPM-Solver++, e.g. "
                     "--steps 25; default config.sample.solver).")
+flags.DEFINE_string("spacing", None, "sample/evaluate: auto | uniform | logsnr | karras, how the --steps levels "
+                    "are spread (auto: uniform for ddim, logsnr for dpmpp_*; default config.sample.spacing).")
 flags.DEFINE_string("mode", None, "monl | replacement (default config.sample.mode).")
 flags.DEFINE_float("eta", None, "DDIM eta (default config.sample.eta).")
 flags.DEFINE_integer("pyramid", 0, "Pyramid schedule: steps of delay between consecutive segments.")
@@ -128,9 +131,13 @@ def _check_solver(command: str, config) -> None:
     if FLAGS.solver is not None:
       sampler.check_solver(FLAGS.solver, "--solver")
     solver = sampler.check_solver(FLAGS.solver or c.get("solver", "ddim"), "config.sample.solver")
+    if FLAGS.spacing is not None:
+      sampler.check_spacing(FLAGS.spacing, "--spacing", auto=True)
+    spacing = sampler.resolve_spacing(FLAGS.spacing or c.get("spacing", "auto"), solver, "config.sample.spacing")
     flagged = command == "sample"  # evaluate samples with config.sample.sampler / eta
     sampler.SamplerConfig(sampler=(flagged and FLAGS.sampler) or c.sampler,
-                          eta=c.eta if not flagged or FLAGS.eta is None else FLAGS.eta, solver=solver)
+                          eta=c.eta if not flagged or FLAGS.eta is None else FLAGS.eta, solver=solver,
+                          spacing=spacing)
   except ValueError as e:
     print(f"monl {command}: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
@@ -143,7 +150,7 @@ def _cmd_sample(config) -> None:
   _check_solver("sample", config)
   req = run.SampleRequest(task=FLAGS.task, input=FLAGS.input, split=FLAGS.split, num=FLAGS.num,
                           steps=FLAGS.steps, guidance=FLAGS.guidance, seed=FLAGS.seed,
-                          sampler=FLAGS.sampler, solver=FLAGS.solver, mode=FLAGS.mode, eta=FLAGS.eta,
+                          sampler=FLAGS.sampler, solver=FLAGS.solver, spacing=FLAGS.spacing, mode=FLAGS.mode, eta=FLAGS.eta,
                           pyramid_delay=FLAGS.pyramid, long_segments=FLAGS.long_segments,
                           previews=FLAGS.previews)
   output = FLAGS.output or f"{FLAGS.workdir}/samples"
@@ -219,7 +226,7 @@ def _cmd_evaluate(config) -> None:
   evaluate.evaluate(config, FLAGS.workdir, tasks=FLAGS.tasks or config.eval.tasks,
                     num=FLAGS.num if FLAGS["num"].present else config.eval.num,
                     steps=config.sample.steps if FLAGS.steps is None else FLAGS.steps, seed=FLAGS.seed,
-                    guidance=FLAGS.guidance, solver=FLAGS.solver,
+                    guidance=FLAGS.guidance, solver=FLAGS.solver, spacing=FLAGS.spacing,
                     output=FLAGS.output or f"{FLAGS.workdir}/eval")
 
 

@@ -72,8 +72,9 @@ def test_long_clip_through_the_model(trained, tmp_path):
 
 
 def test_dpmpp_solver_through_the_model(trained, tmp_path):
-  """--solver dpmpp_2m: the request overrides config.sample.solver, is recorded in the manifest, keeps the
-  given cells, and samples differently from DDIM; an unknown solver names the field."""
+  """--solver dpmpp_2m: the request overrides config.sample.solver, is recorded in the manifest with the
+  spacing that config.sample.spacing = 'auto' picks for it (logsnr; uniform for DDIM), keeps the given
+  cells, and samples differently from DDIM; an unknown solver or spacing names the field."""
   config, workdir = trained
   gen = run.Generator(config, workdir)
   ids, clips = pipeline.read_clips(gen.data_dir, "test", 3, gen.layout.names)
@@ -82,12 +83,15 @@ def test_dpmpp_solver_through_the_model(trained, tmp_path):
     req = run.SampleRequest(task="a2v", num=3, steps=4, solver=solver, previews=0)
     m = run.sample_task(gen, "a2v", req, tmp_path / solver, ids, clips)
     assert m["solver"] == solver and m["steps"] == 4
+    assert m["spacing"] == {"ddim": "uniform", "dpmpp_2m": "logsnr"}[solver]
     with np.load(tmp_path / solver / "00001.npz") as z:
       np.testing.assert_allclose(z["audio"], clips["audio"][1], rtol=1e-5, atol=1e-5)  # given audio
       assert np.all(np.isfinite(z["video"]))
       outs[solver] = z["video"]
-  # the 4-step model's x̂0 barely changes between steps, where 2M and DDIM coincide (both are exact for a
-  # constant x̂0): the samples differ, but only slightly; bit-identical would mean the solver was not used
+  # bit-identical would mean the solver was not used
   assert not np.array_equal(outs["ddim"], outs["dpmpp_2m"])
+  assert gen.sampler_config(run.SampleRequest(solver="ddim", spacing="karras"), None).spacing == "karras"
   with pytest.raises(ValueError, match="solver .*='heun': expected one of"):
     gen.sampler_config(run.SampleRequest(solver="heun"), None)
+  with pytest.raises(ValueError, match="spacing .*='even': expected one of \\('auto', 'uniform'"):
+    gen.sampler_config(run.SampleRequest(spacing="even"), None)

@@ -308,6 +308,36 @@ def test_solver_config_errors_name_the_field():
     SM.SamplerConfig(solver="dpmpp_2m", sampler="ddpm")
   with pytest.raises(ValueError, match="eta=0.5"):
     SM.SamplerConfig(solver="dpmpp_2m", eta=0.5)
+  with pytest.raises(ValueError, match=r"spacing \(config.sample.spacing / --spacing\)='log': expected one of"):
+    SM.SamplerConfig(spacing="log")
+  assert [SM.resolve_spacing("auto", s) for s in ("ddim", "dpmpp_2m", "dpmpp_3m")] == ["uniform", "logsnr", "logsnr"]
+  assert SM.resolve_spacing("karras", "ddim") == "karras"
+  with pytest.raises(ValueError, match="config.sample.solver / --solver\\)='heun'"):
+    SM.resolve_spacing("auto", "heun")
+  with pytest.raises(ValueError, match="spacing='logsnr' needs alpha_bar of the schedule's 1000 \\+ 1 levels"):
+    SM.level_schedule(1000, 10, 2, 3, spacing="logsnr")
+
+
+@pytest.mark.parametrize("spacing", SM.SPACINGS)
+@pytest.mark.parametrize("steps", [1, 2, 10, 50, 999, 1000])
+def test_spaced_levels_run_from_T_to_0_strictly_decreasing(spacing, steps):
+  lv = SM.spaced_levels(SCHED.alpha_bar, steps, spacing)
+  assert lv.shape == (steps + 1,) and lv[0] == 1000 and lv[-1] == 0
+  assert np.all(np.diff(lv) < 0), lv
+  if spacing != "uniform" and steps > 1:
+    assert lv[-2] == 1  # the last step is from level 1 (σ = 0.01) to 0
+
+
+def test_spaced_levels_logsnr_is_even_in_lambda_and_karras_denser_at_low_noise():
+  ab = np.asarray(SCHED.alpha_bar, np.float64)
+  lam = lambda lv: 0.5 * np.log(ab[lv] / (1 - ab[lv]))
+  np.testing.assert_array_equal(SM.spaced_levels(ab, 10, "uniform"), SM.uniform_levels(1000, 10))
+  steps_in_lambda = np.diff(lam(SM.spaced_levels(ab, 25, "logsnr")[:-1]))
+  np.testing.assert_allclose(steps_in_lambda, steps_in_lambda.mean(), rtol=0.1)  # up to integer rounding
+  low = lambda sp: int((SM.spaced_levels(ab, 25, sp) < 100).sum())  # levels with σ < 0.32
+  assert low("uniform") < low("karras") and low("uniform") < low("logsnr"), (low("uniform"), low("logsnr"))
+  with pytest.raises(ValueError, match="steps=0 must be in 1..T=1000"):
+    SM.spaced_levels(ab, 0, "logsnr")
 
 
 def _exact_flow(x_T, given_elems, x_given):
@@ -324,14 +354,16 @@ def _exact_flow(x_T, given_elems, x_given):
   return u, mu + (x_T[:, u] - np.sqrt(ab) * mu) @ flow.T
 
 
-def _ode_run(task, steps, solver, n=64, guidance=None, self_condition=False, pyramid_delay=0, seed=0):
+def _ode_run(task, steps, solver, n=64, guidance=None, self_condition=False, pyramid_delay=0, seed=0,
+             spacing="uniform"):
   """(samples [n, 9], x_T [n, 9] (the sampler's initial noise), given elements, x0) of one deterministic run."""
   given = tasks.task_mask(task, LAY.names, 3, k=1)
   x_true = np.random.default_rng(7).multivariate_normal(np.zeros(9), SIGMA)
   x0 = _unflat(jnp.broadcast_to(jnp.asarray(x_true, jnp.float32), (n, 9)))
-  levels = SM.level_schedule(1000, steps, 2, 3, pyramid_delay=pyramid_delay)
+  levels = SM.level_schedule(1000, steps, 2, 3, pyramid_delay=pyramid_delay, spacing=spacing,
+                             alpha_bar=SCHED.alpha_bar)
   cfg = SM.SamplerConfig(sampler="ddim", eta=0.0, solver=solver, guidance=guidance,
-                         self_condition=self_condition)
+                         self_condition=self_condition, spacing=spacing)
   first = []
 
   def model(tokens, t, self_cond):
@@ -360,12 +392,21 @@ def test_dpmpp_is_closer_than_ddim_to_the_exact_ode_solution(task):
   continue): DDIM 0.53 / 0.51 / 0.51 at 10 steps, 0.22 / 0.22 / 0.21 at 25; DPM-Solver++(2M) 0.20 /
   0.22 / 0.19 and 0.034 / 0.028 / 0.021; 3M 0.18 / 0.20 / 0.18 and 0.024 / 0.020 / 0.017. At 10 steps
   all solvers share the first-order last step from level 100 to 0 (up to 24% off along the least
-  likely direction of the data), which bounds what any order can do there."""
+  likely direction of the data), which bounds what any order can do there (log-SNR spacing: below)."""
   for steps, factor in ((10, 2.0), (25, 4.0)):
     ddim = _ode_error(task, steps, "ddim")
     for solver in ("dpmpp_2m", "dpmpp_3m"):
       err = _ode_error(task, steps, solver)
       assert err * factor < ddim, (task, steps, solver, err, ddim)
+
+
+@pytest.mark.parametrize("task", ["joint", "continue"])
+def test_logsnr_spacing_takes_dpmpp_2m_closer_to_the_exact_ode_solution_at_10_steps(task):
+  """Uniform levels end with a first-order step from level 100 (σ = 0.32) to 0; logsnr's last step is from
+  level 1. Measured, joint / continue: 2M 0.198 / 0.185 (uniform) vs 0.117 / 0.105 (logsnr)."""
+  uniform = _ode_error(task, 10, "dpmpp_2m")
+  logsnr = _ode_error(task, 10, "dpmpp_2m", spacing="logsnr")
+  assert logsnr < 0.7 * uniform, (logsnr, uniform)
 
 
 def test_dpmpp_converges_to_the_exact_ode_solution():

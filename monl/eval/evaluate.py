@@ -495,11 +495,13 @@ def primary_metric(task: str, metrics: dict[str, Any], truth: GroundTruth | bool
 def evaluate(config, workdir: str, *, tasks: str | Sequence[str] = "all", num: int = 256, steps: int = 50,
              seed: int = 0, guidance: str = "", output: str | None = None, i3d: bool | None = None,
              i3d_max_clips: int | None = None, generator=None, quiet: bool = False,
-             solver: str | None = None) -> dict[str, Any]:
+             solver: str | None = None, spacing: str | None = None) -> dict[str, Any]:
   """Samples and scores every task; writes results.json, results.md, results.png, tb/. Returns results.
-  `solver`: ddim | dpmpp_2m | dpmpp_3m (None = config.sample.solver)."""
+  `solver`: ddim | dpmpp_2m | dpmpp_3m (None = config.sample.solver); `spacing`: auto | uniform | logsnr |
+  karras (None = config.sample.spacing)."""
   from monl.data import pipeline
   from monl.sample import run as run_lib
+  from monl.sample import sampler as sampler_lib
   t_start = time.perf_counter()
   settings = settings_from_config(config, i3d=i3d, i3d_max_clips=i3d_max_clips)
   gen = generator or run_lib.Generator(config, workdir)
@@ -585,13 +587,16 @@ def evaluate(config, workdir: str, *, tasks: str | Sequence[str] = "all", num: i
       "workdir": str(workdir), "checkpoint_step": int(gen.step), "dataset": data_dir, "dataset_key": dkey,
       "split": split, "num": n, "steps": steps, "seed": seed, "guidance": guidance or None,
       "sampler": config.sample.sampler, "solver": solver or config.sample.get("solver", "ddim"),
+      "spacing": sampler_lib.resolve_spacing(spacing or config.sample.get("spacing", "auto"),
+                                             solver or config.sample.get("solver", "ddim")),
       "mode": config.sample.mode, "builtin_dataset": builtin,
       "ground_truth": truth.source if builtin else None, "settings": settings, "real_reference": real_ref,
       "chance_reference": chance_ref, "notes": notes, "tasks": {}}
   for ti, task in enumerate(task_list):
     t0 = time.perf_counter()
     req = run_lib.SampleRequest(task=task, split=split, num=n, steps=steps, guidance=guidance, seed=seed,
-                                previews=int(settings["previews"]), solver=solver)
+                                previews=int(settings["previews"]), solver=solver,
+                                spacing=spacing)
     task_dir = out / "samples" / _task_dir(task)
     manifest = run_lib.sample_task(gen, task, req, task_dir, ids, real)
     _, gen_raw = pipeline.read_clips(task_dir, split, n, names)

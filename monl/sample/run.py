@@ -43,6 +43,7 @@ class SampleRequest:
   seed: int = 0
   sampler: str | None = None
   solver: str | None = None  # ddim | dpmpp_2m | dpmpp_3m (None = config.sample.solver)
+  spacing: str | None = None  # auto | uniform | logsnr | karras (None = config.sample.spacing)
   mode: str | None = None
   eta: float | None = None
   pyramid_delay: int = 0
@@ -126,15 +127,17 @@ class Generator:
 
   def sampler_config(self, req: SampleRequest, guidance) -> sampler_lib.SamplerConfig:
     c = self.config.sample
+    solver = req.solver or c.get("solver", "ddim")  # runs trained before the field: ddim
     return sampler_lib.SamplerConfig(
         sampler=req.sampler or c.sampler, eta=c.eta if req.eta is None else req.eta,
         mode=req.mode or c.mode, guidance=guidance, self_condition=self.model.cfg.self_condition,
-        solver=req.solver or c.get("solver", "ddim"))  # runs trained before the field: ddim
+        solver=solver, spacing=sampler_lib.resolve_spacing(req.spacing or c.get("spacing", "auto"), solver))
 
   @functools.lru_cache(maxsize=None)
   def _compiled(self, cfg: sampler_lib.SamplerConfig, steps: int, pyramid_delay: int):
     levels = sampler_lib.level_schedule(self.schedule.num_steps, steps, self.layout.num_modalities,
-                                        self.layout.num_segments, pyramid_delay=pyramid_delay)
+                                        self.layout.num_segments, pyramid_delay=pyramid_delay,
+                                        spacing=cfg.spacing, alpha_bar=self.schedule.alpha_bar)
     obj, lay, sched = self.obj, self.layout, self.schedule
 
     def run(params, x0, given, key):
@@ -205,7 +208,7 @@ def sample_task(gen: Generator, task: str, req: SampleRequest, out_dir: epath.Pa
   manifest = {
       "task": task, "mask": tasks_lib.format_mask(given, lay.names),
       "given": np.asarray(given).tolist(), "modalities": list(lay.names),
-      "sampler": cfg.sampler, "solver": cfg.solver, "eta": cfg.eta, "mode": cfg.mode, "steps": steps,
+      "sampler": cfg.sampler, "solver": cfg.solver, "spacing": cfg.spacing, "eta": cfg.eta, "mode": cfg.mode, "steps": steps,
       "pyramid_delay": req.pyramid_delay, "guidance": None if guidance is None else dict(zip(lay.names, guidance)),
       "seed": req.seed, "checkpoint_step": gen.step, "use_ema": gen.params is gen.state.ema_params,
       "long_segments": req.long_segments or None, "input": req.input or str(gen.data_dir),
