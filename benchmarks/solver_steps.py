@@ -1,14 +1,15 @@
 """Fewer sampling steps: DPM-Solver++ at 10/15/25/50 steps vs 250-step DDIM on a trained run, per task.
 
     python benchmarks/solver_steps.py --workdir RUN [--config FILE] [--tasks paper] [--num 64] [--seed 0]
-        [--guidance ''] [--solver dpmpp_2m] [--steps 10,15,25,50] [--ddim_steps 250] [--iters 2]
+        [--guidance ''] [--solver dpmpp_2m] [--spacing logsnr] [--steps 10,15,25,50] [--ddim_steps 250] [--iters 2]
         [--i3d] [--out benchmarks/results/solver_steps.json]
 
 The run's own config (RUN/config.json, as `monl.diagnose` reads it; `--config` only when it is missing)
 and one restored checkpoint (`monl.sample.run.Generator`, EMA parameters) serve every variant. Each
-variant (DDIM at --ddim_steps, then --solver at each of --steps) is a full `monl.eval.evaluate` on the
+variant (DDIM at --ddim_steps with the paper's uniform spacing, then --solver at each of --steps with
+--spacing's levels) is a full `monl.eval.evaluate` on the
 same first --num clips of the eval split with the same seed and guidance (I3D off unless --i3d), written
-to RUN/solver_steps/<solver>_<steps>/. Scores: each task's primary metric (on a built-in dataset the
+to RUN/solver_steps/<solver>_<spacing>_<steps>/. Scores: each task's primary metric (on a built-in dataset the
 ground-truth score the task is about, lower is better; else the mean latent FD).
 
 A variant *matches* DDIM on a task when it is not significantly worse: its mean per-clip difference
@@ -42,6 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--guidance", default="", help="'' = config.sample.guidance; one float or 'video=2,audio=1'")
   p.add_argument("--solver", default="dpmpp_2m", help="the multistep solver: dpmpp_2m | dpmpp_3m")
+  p.add_argument("--spacing", default="logsnr", help="levels of the --solver's steps: logsnr | uniform | karras")
   p.add_argument("--steps", default="10,15,25,50", help="comma-separated step counts of --solver")
   p.add_argument("--ddim_steps", type=int, default=250, help="steps of the DDIM reference (the paper: 250)")
   p.add_argument("--iters", type=int, default=2, help="timed sampler calls per variant (after one warm-up)")
@@ -50,6 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   args = p.parse_args(argv)
   from monl.sample import sampler
   sampler.check_solver(args.solver, "--solver")
+  sampler.check_spacing(args.spacing, "--spacing")
   if args.solver == "ddim":
     p.error("--solver must be a multistep solver (dpmpp_2m | dpmpp_3m); DDIM is the reference")
   try:
@@ -63,8 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   return args
 
 
-def variant_label(solver: str, steps: int) -> str:
-  return f"{solver}@{steps}"
+def variant_label(solver: str, steps: int, spacing: str = "uniform") -> str:
+  return f"{solver}@{steps}" if spacing == "uniform" else f"{solver}/{spacing}@{steps}"
 
 
 def _sign(entry: dict[str, Any]) -> float:
@@ -95,7 +98,7 @@ def summarize(reference: dict[str, Any], variants: Sequence[tuple[str, int, dict
 
   Args:
     reference: evaluate's results of the DDIM reference.
-    variants: (solver, steps, evaluate results) of the candidates, in increasing steps.
+    variants: (label (`variant_label`), steps, evaluate results) of the candidates, in increasing steps.
   Returns:
     rows {"task", "metric", "ddim": value, "<solver>@<steps>": value, "<...>_match": bool, "matches_at"}.
   """
@@ -107,8 +110,7 @@ def summarize(reference: dict[str, Any], variants: Sequence[tuple[str, int, dict
     ref_entry = t["metrics"][metric]
     row: dict[str, Any] = {"task": task, "metric": metric, "ddim": ref_entry["value"]}
     matches_at = None
-    for solver, steps, res in variants:
-      label = variant_label(solver, steps)
+    for label, steps, res in variants:
       entry = res["tasks"].get(task, {}).get("metrics", {}).get(metric)
       if entry is None:
         row[label] = None
@@ -135,14 +137,14 @@ def score_table(rows: Sequence[dict], ddim_steps: int, labels: Sequence[str]) ->
   return out
 
 
-def time_sampler(gen, solver: str, steps: int, guidance: str, iters: int) -> float:
+def time_sampler(gen, solver: str, spacing: str, steps: int, guidance: str, iters: int) -> float:
   """Median seconds of one compiled sampler call on a batch of config.sample.batch_size (joint task)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
   from monl.sample import run as run_lib
   lay = gen.layout
-  cfg = gen.sampler_config(run_lib.SampleRequest(solver=solver), gen.guidance_scales(guidance))
+  cfg = gen.sampler_config(run_lib.SampleRequest(solver=solver, spacing=spacing), gen.guidance_scales(guidance))
   window = gen.window(cfg, steps)
   bs = gen.config.sample.batch_size
   x0 = lay.patchify({m.name: jnp.zeros((bs,) + tuple(m.shape), jnp.float32) for m in lay.modalities})
@@ -158,31 +160,30 @@ def main(argv=None):
   config = diagnose.run_config(args.workdir, args.config)
   t0 = time.perf_counter()
   gen = run_lib.Generator(config, args.workdir)
-  plan = [("ddim", args.ddim_steps)] + [(args.solver, s) for s in sorted(set(args.steps))]
+  plan = [("ddim", "uniform", args.ddim_steps)] + [(args.solver, args.spacing, s) for s in sorted(set(args.steps))]
   results, timing = {}, []
-  for solver, steps in plan:
-    label = variant_label(solver, steps)
+  for solver, spacing, steps in plan:
+    label = variant_label(solver, steps, spacing)
     print(f"[solver_steps] evaluating {label} ...", flush=True)
     res = evaluate.evaluate(config, args.workdir, tasks=args.tasks, num=args.num, steps=steps, seed=args.seed,
                             guidance=args.guidance, output=os.path.join(args.workdir, "solver_steps",
-                                                                        f"{solver}_{steps}"),
-                            i3d=args.i3d, generator=gen, quiet=True, solver=solver)
+                                                                        f"{solver}_{spacing}_{steps}"),
+                            i3d=args.i3d, generator=gen, quiet=True, solver=solver, spacing=spacing)
     results[label] = res
-    per_batch = time_sampler(gen, solver, steps, args.guidance, args.iters)
+    per_batch = time_sampler(gen, solver, spacing, steps, args.guidance, args.iters)
     timing.append({"variant": label, "steps": steps, "s_per_batch": per_batch,
                    "clips_per_s": config.sample.batch_size / per_batch,
                    "eval_sampling_s": sum(t.get("sampling_seconds", 0.0) for t in res["tasks"].values())})
   ref_label = variant_label("ddim", args.ddim_steps)
   for row in timing:
     row["speedup_vs_ddim"] = timing[0]["s_per_batch"] / row["s_per_batch"]
-  variants = [(s, n, results[variant_label(s, n)]) for s, n in plan[1:]]
-  rows = summarize(results[ref_label], variants)
-  labels = [variant_label(s, n) for s, n in plan[1:]]
+  labels = [variant_label(s, n, sp) for s, sp, n in plan[1:]]
+  rows = summarize(results[ref_label], [(lbl, n, results[lbl]) for lbl, (_, _, n) in zip(labels, plan[1:])])
   info = common.machine_info()
   path = common.write_json(args.out, {
       "machine": info, "workdir": args.workdir, "checkpoint_step": int(gen.step), "tasks": args.tasks,
       "num": args.num, "seed": args.seed, "guidance": args.guidance or None, "solver": args.solver,
-      "ddim_steps": args.ddim_steps, "rows": rows, "timing": timing, "seconds": time.perf_counter() - t0,
+      "spacing": args.spacing, "ddim_steps": args.ddim_steps, "rows": rows, "timing": timing, "seconds": time.perf_counter() - t0,
       "results": {k: {t: {"primary": v["primary"], "metrics": {m: {"value": e["value"]} for m, e in v["metrics"].items()}}
                       for t, v in r["tasks"].items()} for k, r in results.items()}})
   common.print_table(

@@ -61,8 +61,9 @@ def test_solver_steps_summary_finds_the_fewest_matching_steps():
         "other": {"primary": "latent_fd_mean", "metrics": {"latent_fd_mean": {"value": fd}}}}}
 
   ref = res(base, 1.0)
-  variants = [("dpmpp_2m", 10, res(base + 0.05, 1.2)), ("dpmpp_2m", 25, res(base + 1e-3 * (-1.0) ** np.arange(40), 1.03)),
-              ("dpmpp_2m", 50, res(base - 0.01, 0.9))]
+  variants = [("dpmpp_2m@10", 10, res(base + 0.05, 1.2)),
+              ("dpmpp_2m@25", 25, res(base + 1e-3 * (-1.0) ** np.arange(40), 1.03)),
+              ("dpmpp_2m@50", 50, res(base - 0.01, 0.9))]
   rows = {r["task"]: r for r in ss.summarize(ref, variants)}
   a2v = rows["a2v"]
   assert not a2v["dpmpp_2m@10_match"] and a2v["dpmpp_2m@10_p"] < 0.05
