@@ -101,7 +101,8 @@ def summarize(res: dict) -> dict:
   out = {f"joint_ratio_{m}": float(np.exp(np.mean(np.log(v)))) for m, v in res["joint"].items()}
   def use_swap(d):
     own, sw, dr = (np.asarray(d[k]) for k in ("own", "swapped", "dropped"))
-    return float(np.mean(1 - own / dr)), float(np.mean(sw / own))
+    with np.errstate(divide="ignore", invalid="ignore"):  # an exact model (error 0): the ratio is nan / inf
+      return float(np.mean(1 - own / dr)), float(np.mean(sw / own))
   for m, d in res["cross"].items():
     if d["own"]:
       out[f"cross_use_{m}"], out[f"cross_swap_{m}"] = use_swap(d)
