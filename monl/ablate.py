@@ -594,6 +594,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.error(f"--rows: unknown rows {unknown}; rows are {list(ROWS)}")
   if a.seeds < 1:
     p.error(f"--seeds={a.seeds}: need at least 1")
+  if argv is None:  # `python -m monl.ablate`: restart with oneTBB's malloc where installed, as `monl.main
+    from monl import allocator  # train` does (monl.allocator)
+    allocator.maybe_reexec()
   from monl import run_config
   if a.config is None and not run_config.path(a.out).exists():
     p.error(f"--config is required: {a.out} holds no ablation yet ({run_config.path(a.out)} is missing)")
