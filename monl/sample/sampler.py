@@ -116,7 +116,7 @@ def spaced_levels(alpha_bar: np.ndarray, steps: int, spacing: str = "uniform", r
   karras   σ/α evenly in its 1/ρ-th power from level T to level 1 (Karras et al. 2022, ρ = 7): denser
            still at low noise.
   The last step goes from level 1 to 0 under logsnr / karras. With a linear β schedule, uniform
-  spacing at 10 steps puts the last step at level 100 (σ ≈ 0.8), so the whole last tenth of the noise
+  spacing at 10 steps puts the last step at level 100 (σ ≈ 0.32), so the whole last tenth of the noise
   is removed in one first-order jump; the other two give the low-noise end its share of steps.
   Where rounding to integer levels makes two equal, one moves to a free neighbouring level.
 
