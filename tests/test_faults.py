@@ -15,6 +15,7 @@ import sys
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from cli_util import ROOT, env
@@ -54,21 +55,31 @@ def _flip_bit_in_raw_array(directory, state) -> str:
 
   OCDBT inlines small values into b-tree nodes (`state/d/...`, CRC-32C checked: TensorStore reports a
   flip there itself) and writes the others, uncompressed when zstd gains nothing, into per-process data
-  files (`state/ocdbt.process_0/d/...`) that carry no checksum of their own.
+  files (`state/ocdbt.process_0/d/...`) that carry no checksum of their own. A flip counts only once a
+  plain Orbax read of the checkpoint returns the changed array: raw bytes the manifest does not point
+  at (a duplicate write) would otherwise leave nothing for the checksums to find.
   """
   files = {f: open(f, "rb").read() for f in glob.glob(f"{directory}/**/*", recursive=True) if os.path.isfile(f)}
+  tried = []
   for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
     leaf = np.asarray(leaf)
     if leaf.size < 16 or np.unique(leaf).size != leaf.size:  # zeros or repeats would match unrelated bytes
       continue
     needle = leaf.tobytes()
     hits = [f for f, data in files.items() for _ in range(data.count(needle))]
-    if len(hits) == 1 and "/ocdbt.process_" in hits[0]:
-      data = bytearray(files[hits[0]])
-      data[data.index(needle) + len(needle) // 2] ^= 0x10
-      open(hits[0], "wb").write(bytes(data))
+    if len(hits) != 1 or "/ocdbt.process_" not in hits[0]:
+      continue
+    data = bytearray(files[hits[0]])
+    data[data.index(needle) + len(needle) // 2] ^= 0x10
+    open(hits[0], "wb").write(bytes(data))
+    read = {checksum.path_name(p): v for p, v in
+            jax.tree_util.tree_flatten_with_path(ocp.StandardCheckpointer().restore(directory))[0]}
+    if not np.array_equal(np.asarray(read[checksum.path_name(path)]), leaf):
       return checksum.path_name(path)
-  raise AssertionError(f"no array of the state is stored raw in a data file under {directory}")
+    open(hits[0], "wb").write(files[hits[0]])  # not what a restore reads: undo, try the next array
+    tried.append(checksum.path_name(path))
+  raise AssertionError(f"no array of the state is stored raw in a data file under {directory} "
+                       f"(stored raw but not read back changed: {tried})")
 
 
 # -- item 1: the layout a checkpoint was trained with ---------------------------------------------------
