@@ -130,10 +130,9 @@ def _check_solver(command: str, config) -> None:
   try:
     if FLAGS.solver is not None:
       sampler.check_solver(FLAGS.solver, "--solver")
-    solver = sampler.check_solver(FLAGS.solver or c.get("solver", "ddim"), "config.sample.solver")
     if FLAGS.spacing is not None:
       sampler.check_spacing(FLAGS.spacing, "--spacing", auto=True)
-    spacing = sampler.resolve_spacing(FLAGS.spacing or c.get("spacing", "auto"), solver, "config.sample.spacing")
+    solver, spacing = sampler.solver_and_spacing(c, FLAGS.solver, FLAGS.spacing)
     flagged = command == "sample"  # evaluate samples with config.sample.sampler / eta
     sampler.SamplerConfig(sampler=(flagged and FLAGS.sampler) or c.sampler,
                           eta=c.eta if not flagged or FLAGS.eta is None else FLAGS.eta, solver=solver,

@@ -586,9 +586,8 @@ def evaluate(config, workdir: str, *, tasks: str | Sequence[str] = "all", num: i
   results: dict[str, Any] = {
       "workdir": str(workdir), "checkpoint_step": int(gen.step), "dataset": data_dir, "dataset_key": dkey,
       "split": split, "num": n, "steps": steps, "seed": seed, "guidance": guidance or None,
-      "sampler": config.sample.sampler, "solver": solver or config.sample.get("solver", "ddim"),
-      "spacing": sampler_lib.resolve_spacing(spacing or config.sample.get("spacing", "auto"),
-                                             solver or config.sample.get("solver", "ddim")),
+      "sampler": config.sample.sampler,
+      **dict(zip(("solver", "spacing"), sampler_lib.solver_and_spacing(config.sample, solver, spacing))),
       "mode": config.sample.mode, "builtin_dataset": builtin,
       "ground_truth": truth.source if builtin else None, "settings": settings, "real_reference": real_ref,
       "chance_reference": chance_ref, "notes": notes, "tasks": {}}

@@ -127,11 +127,11 @@ class Generator:
 
   def sampler_config(self, req: SampleRequest, guidance) -> sampler_lib.SamplerConfig:
     c = self.config.sample
-    solver = req.solver or c.get("solver", "ddim")  # runs trained before the field: ddim
+    solver, spacing = sampler_lib.solver_and_spacing(c, req.solver, req.spacing)
     return sampler_lib.SamplerConfig(
         sampler=req.sampler or c.sampler, eta=c.eta if req.eta is None else req.eta,
         mode=req.mode or c.mode, guidance=guidance, self_condition=self.model.cfg.self_condition,
-        solver=solver, spacing=sampler_lib.resolve_spacing(req.spacing or c.get("spacing", "auto"), solver))
+        solver=solver, spacing=spacing)
 
   @functools.lru_cache(maxsize=None)
   def _compiled(self, cfg: sampler_lib.SamplerConfig, steps: int, pyramid_delay: int):

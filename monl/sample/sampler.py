@@ -108,6 +108,13 @@ def resolve_spacing(spacing: str, solver: str, where: str = "spacing (config.sam
   return spacing
 
 
+def solver_and_spacing(sample_config, solver: str | None = None, spacing: str | None = None) -> tuple[str, str]:
+  """(solver, resolved spacing) that a request runs: its own values where given, else config.sample's
+  (`sample_config`; runs trained before these fields: ddim, auto)."""
+  solver = check_solver(solver or sample_config.get("solver", "ddim"))
+  return solver, resolve_spacing(spacing or sample_config.get("spacing", "auto"), solver)
+
+
 def spaced_levels(alpha_bar: np.ndarray, steps: int, spacing: str = "uniform", rho: float = 7.0) -> np.ndarray:
   """[steps + 1] strictly decreasing levels from T to 0, spread by `spacing`.
 
