@@ -6,7 +6,10 @@ The defaults are one block of configs/midsize.py's train step (the issue-16 comp
 is differentiated with jax.grad of sum(out * g) and jitted; the table gives the median time, the
 GFLOP/s of the 6 attention matmuls (2 forward, 4 backward) and the largest gradient difference from
 "xla": the einsums differentiated by JAX (`monl.models.layers.einsum_attention`), what monl ran on CPU
-before `layers.cpu_attention`, which config.model.attention "xla" runs on CPU now. Timings interleave
+before `layers.cpu_attention`, which config.model.attention "xla" runs on CPU now; "cpu_kernel" is the
+fused C++ kernel (`monl.models.attention_kernel`) that "auto", the default, runs on CPU (its backward
+recomputes QK^T: 7 products, counted as 6 in the GFLOP/s column like the others), timed on the packed
+projection [B, L, 3, H, K] the model hands it and, with transposes, on [B, H, L, K]. Timings interleave
 the variants; torch (if installed, `pip install -e .[bench]`) runs after them, on torch's intra-op
 threads = the machine's cores. Also timed: the two forward matmuls alone,
 since QK^T (contraction over the head dim, a [L, L] output) runs at a fraction of PV's rate.
@@ -25,7 +28,7 @@ def variants(scale: float):
   import jax
   import jax.numpy as jnp
 
-  from monl.models import layers
+  from monl.models import attention_kernel, layers
 
   def xla(q, k, v):  # layers.einsum_attention without bias: the einsums, differentiated by JAX
     s = jnp.einsum("bhqk,bhsk->bhqs", q * scale, k)
@@ -58,7 +61,8 @@ def variants(scale: float):
             jnp.einsum("bhqs,bhqk->bhsk", p, do))
 
   saved_probs.defvjp(_fwd, _bwd)
-  return {"xla": xla, "cpu_attention (monl on CPU)": lambda q, k, v: layers.cpu_attention(q, k, v, None),
+  return {"xla": xla, "cpu_attention (monl's 'xla' on CPU)": lambda q, k, v: layers.cpu_attention(q, k, v, None),
+          "cpu_kernel, heads-major API": lambda q, k, v: attention_kernel.fused_attention(q, k, v, None),
           "normalise after PV": normalise_after_pv, "query blocks of 128 (lax.map)": query_blocks,
           "custom_vjp from saved probs": saved_probs}
 
@@ -76,7 +80,8 @@ def main(argv=None) -> int:
   import jax.numpy as jnp
   shape = (args.batch, args.heads, args.length, args.head_dim)
   rng = np.random.default_rng(0)
-  q, k, v, g = (rng.standard_normal(shape).astype(np.float32) for _ in range(4))
+  # device arrays: a numpy input would be copied in on every call
+  q, k, v, g = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for _ in range(4))
   scale = 1.0 / math.sqrt(args.head_dim)
   matmul_flops = 2.0 * math.prod(shape) * args.length  # one [L, K] x [K, L] product per (batch, head)
   steps, grads = {}, {}
@@ -84,6 +89,14 @@ def main(argv=None) -> int:
     step = jax.jit(jax.grad(lambda q, k, v, fn=fn: jnp.sum(fn(q, k, v) * g), argnums=(0, 1, 2)))
     grads[name] = [np.asarray(x) for x in step(q, k, v)]
     steps[name] = lambda step=step: step(q, k, v)
+  # what the model runs: the kernel on the packed projection, gradient with respect to it
+  from monl.models import attention_kernel
+  qkv = jnp.stack([jnp.swapaxes(x, 1, 2) for x in (q, k, v)], axis=2)
+  g_packed = jnp.swapaxes(g, 1, 2)
+  packed = jax.jit(jax.grad(lambda x: jnp.sum(attention_kernel.packed_attention(x, None) * g_packed)))
+  grads["cpu_kernel, packed [B, L, 3, H, K] (monl's 'auto' on CPU)"] = [
+      np.asarray(jnp.swapaxes(d, 1, 2)) for d in jnp.unstack(packed(qkv), axis=2)]
+  steps["cpu_kernel, packed [B, L, 3, H, K] (monl's 'auto' on CPU)"] = lambda: packed(qkv)
   qk = jax.jit(lambda q, k: jnp.einsum("bhqk,bhsk->bhqs", q, k))
   s = np.asarray(qk(q, k))
   pv = jax.jit(lambda p, v: jnp.einsum("bhqs,bhsk->bhqk", p, v))
@@ -98,8 +111,8 @@ def main(argv=None) -> int:
     rows.append({"variant": name, "ms": ms, "matmul GFLOP/s": flops / ms / 1e6, "max |grad - xla|": err})
   if importlib.util.find_spec("torch") is not None:
     import torch
-    tq, tk, tv = (torch.tensor(x, requires_grad=True) for x in (q, k, v))
-    tg = torch.tensor(g)
+    tq, tk, tv = (torch.tensor(np.asarray(x), requires_grad=True) for x in (q, k, v))
+    tg = torch.tensor(np.asarray(g))
 
     def torch_step():
       for t in (tq, tk, tv):

@@ -190,13 +190,16 @@ def step_flops(setup: "Setup") -> float:
   """XLA's FLOP count of one train step with the layers unrolled.
 
   XLA's cost analysis counts the body of a while loop once, so a step with `nn.scan` over the layers
-  reports about 1/depth of the work. This lowers the same step with `scan_layers=False` (same math)
-  and reads `Lowered.cost_analysis()` (XLA's HLO cost analysis, before optimisation; no compile).
+  reports about 1/depth of the work, and it counts nothing for a custom call (the fused CPU attention
+  kernel, the splash kernel). This lowers the same step with `scan_layers=False` and attention "xla"
+  (same math) and reads `Lowered.cost_analysis()` (XLA's HLO cost analysis, before optimisation; no
+  compile).
   """
   import copy
   import jax
   config = copy.deepcopy(setup.config)
   config.model.scan_layers = False
+  config.model.attention = "xla"
   s = Setup(config, batch_size=setup.batch_size)
   lowered = s.step_fn().lower(s.abstract_state(), s.abstract_batch(), jax.ShapeDtypeStruct((), s.key.dtype))
   ca = lowered.cost_analysis()

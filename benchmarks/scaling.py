@@ -81,6 +81,7 @@ def plan_point(frames: int, args, sampler_step: bool = False, config=None) -> di
   from monl import plan
   config = config or token_config(frames, args.quick)
   config.model.dtype = "bfloat16"
+  config.model.attention = "xla"  # "auto" would be splash there, and XLA's cost model gives a Pallas kernel no time
   p = plan.plan(config, args.topology, sampler_step=sampler_step)
   return {prog["program"]: {"est_s": prog["est_step_s"], "source": prog["est_step_source"],
                             "peak_gib": prog["peak_gib"]} for prog in p["programs"]}

@@ -64,8 +64,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.remat_policy = "none"  # none | full | dots | dots_no_batch
   c.model.scan_layers = True
   # xla (einsum, heads-major; layers.cpu_attention on CPU) | dot_product (jax.nn.dot_product_attention)
-  # | splash (Pallas TPU kernel) | auto (splash when compiling for TPU, else xla)
-  c.model.attention = "xla"
+  # | splash (Pallas TPU kernel) | cpu_kernel (fused C++ kernel for XLA:CPU, built on first use with the
+  # host's g++) | auto (splash when compiling for TPU, cpu_kernel on CPU where it builds, else xla)
+  c.model.attention = "auto"
   c.model.freq_embed_dim = 256  # sinusoidal timestep features before the MLP
   c.model.aligned_time = False  # one temporal position code shared by all modalities (segment units)
   c.model.time_bias = False  # learned per-head attention bias by relative time, within / across modalities

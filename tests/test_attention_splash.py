@@ -76,10 +76,12 @@ def test_splash_runs_per_shard_under_a_mesh():
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-4000:]
 
 
-def test_auto_is_xla_off_tpu():
+def test_auto_is_the_cpu_kernel_on_cpu():
   q = jax.random.normal(jax.random.key(2), (1, 2, 40, 16))
-  np.testing.assert_array_equal(layers.dot_attention(q, q, q, "auto"), layers.dot_attention(q, q, q, "xla"))
-  assert "custom_call" not in jax.jit(lambda x: layers.dot_attention(x, x, x, "auto")).lower(q).as_text()
+  np.testing.assert_array_equal(layers.dot_attention(q, q, q, "auto"), layers.dot_attention(q, q, q, "cpu_kernel"))
+  np.testing.assert_allclose(layers.dot_attention(q, q, q, "auto"), layers.dot_attention(q, q, q, "xla"), atol=1e-5)
+  hlo = jax.jit(lambda x: layers.dot_attention(x, x, x, "auto")).lower(q).as_text()
+  assert "monl_attention_fwd" in hlo and "splash" not in hlo
 
 
 def test_unknown_attention_is_a_config_error():

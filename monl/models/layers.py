@@ -7,6 +7,7 @@ Logical axis names (mapped to mesh axes by the rule tables in `monl.parallel.rul
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -18,6 +19,8 @@ import numpy as np
 # Activation axis names, written once.
 BLE = ("batch", "length", "act_embed")
 BHLK = ("batch", "act_heads", "length", "act_kv")
+BLHK = ("batch", "length", "act_heads", "act_kv")
+BL3HK = ("batch", "length", None, "act_heads", "act_kv")  # q, k, v packed (the fused CPU kernel's input)
 BLM = ("batch", "length", "act_mlp")
 BCE = ("batch", "cells_act", "act_embed")
 
@@ -122,7 +125,7 @@ def time_offset_buckets(times: np.ndarray, modality: np.ndarray, unit: float, ra
   return (kind * (2 * radius + 1) + offset).astype(np.int32)
 
 
-ATTENTION_IMPLEMENTATIONS = ("xla", "dot_product", "splash", "auto")
+ATTENTION_IMPLEMENTATIONS = ("xla", "dot_product", "splash", "cpu_kernel", "auto")
 SPLASH_LANES = 128  # splash blocks are multiples of the TPU's 128 lanes: L is padded up to one
 
 
@@ -171,24 +174,51 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, interpret: boo
   return out[:, :, :length]
 
 
-def _shard_mapped(fn, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-  """Runs `fn` ([B, H, L, K] x3 -> [B, H, L, K]) per shard of the context mesh (`jax.set_mesh`).
+def _kernel_shards(batch: int, heads: int):
+  """(batch entry, heads entry) of a kernel's shard_map specs under the context mesh, or None without one.
 
-  A Pallas kernel is a custom call that GSPMD cannot partition, so it runs under `jax.shard_map`:
-  batch and heads split as the logical rules (`nn.logical_axis_rules`) place `batch` and `act_heads`;
-  every shard holds all L tokens (the kernel needs every key), so a `length`-sharded input is gathered.
-  A dimension the mesh axes do not divide (e.g. a small sampling batch) is left whole.
+  A kernel (Pallas, or an FFI custom call) is one that GSPMD cannot partition, so it runs under
+  `jax.shard_map`: batch and heads split as the logical rules (`nn.logical_axis_rules`) place `batch` and
+  `act_heads`; every shard holds all L tokens (the kernel needs every key), so a `length`-sharded input is
+  gathered. A dimension the mesh axes do not divide (e.g. a small sampling batch) is left whole.
   """
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.size == 1:
-    return fn(q, k, v)
+    return None
   axes = nn.logical_to_mesh_axes(BHLK)
   dims = []
-  for size, entry in zip(q.shape[:2], tuple(axes)[:2]):
+  for size, entry in zip((batch, heads), tuple(axes)[:2]):
     names = (entry,) if isinstance(entry, str) else tuple(entry) if isinstance(entry, tuple) else ()
     dims.append(entry if names and size % math.prod(mesh.shape[n] for n in names) == 0 else None)
+  return tuple(dims)
+
+
+def _shard_mapped(fn, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  """Runs `fn` ([B, H, L, K] x3 -> [B, H, L, K]) per shard of the context mesh (`_kernel_shards`)."""
+  dims = _kernel_shards(q.shape[0], q.shape[1])
+  if dims is None:
+    return fn(q, k, v)
   spec = jax.sharding.PartitionSpec(*dims, None, None)
-  return jax.shard_map(fn, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
+  return jax.shard_map(fn, mesh=jax.sharding.get_abstract_mesh(), in_specs=(spec,) * 3, out_specs=spec,
+                       check_vma=False)(q, k, v)
+
+
+def packed_cpu_attention(qkv: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+  """The fused CPU kernel on the packed projection, per shard of the context mesh (`_kernel_shards`).
+
+  qkv [B, L, 3, H, K], bias [H, L, L] or None -> [B, L, H, K] (`attention_kernel.packed_attention`).
+  """
+  from monl.models import attention_kernel
+  fn = attention_kernel.packed_attention
+  dims = _kernel_shards(qkv.shape[0], qkv.shape[3])
+  if dims is None:
+    return fn(qkv, bias)
+  P = jax.sharding.PartitionSpec
+  args, in_specs = (qkv,), (P(dims[0], None, None, dims[1], None),)
+  if bias is not None:
+    args, in_specs = args + (bias,), in_specs + (P(dims[1], None, None),)
+  return jax.shard_map(fn, mesh=jax.sharding.get_abstract_mesh(), in_specs=in_specs,
+                       out_specs=P(dims[0], None, dims[1], None), check_vma=False)(*args)
 
 
 def einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None = None) -> jax.Array:
@@ -252,35 +282,76 @@ def _cpu_attention_bwd(res, d_out):
 cpu_attention.defvjp(_cpu_attention_fwd, _cpu_attention_bwd)
 
 
+@functools.lru_cache(maxsize=None)
+def _cpu_kernel_unavailable() -> str | None:
+  """None when the fused CPU kernel builds; else why not, logged once (then "auto" runs "xla")."""
+  from monl.models import attention_kernel
+  why = attention_kernel.available()
+  if why is not None:
+    logging.warning("config.model.attention='auto' runs 'xla' on CPU: %s", why)
+  return why
+
+
+def resolve_attention(implementation: str, with_bias: bool) -> str:
+  """What `implementation` (config.model.attention) runs when compiling for this platform.
+
+  "auto": "splash" for TPU without a bias, "cpu_kernel" for CPU where it builds (else "xla", with a
+  warning saying why), else "xla". "cpu_kernel" off CPU, or when it cannot be built, is an error.
+  """
+  platform = attention_platform()
+  if implementation == "auto":
+    if platform == "tpu" and not with_bias:
+      return "splash"
+    if platform == "cpu" and _cpu_kernel_unavailable() is None:
+      return "cpu_kernel"
+    return "xla"
+  if implementation == "cpu_kernel":
+    if platform != "cpu":
+      raise ValueError(f"config.model.attention='cpu_kernel' runs on CPU only; compiling for {platform}: "
+                       "use 'auto' or 'xla'")
+    from monl.models import attention_kernel
+    try:
+      attention_kernel.build()
+    except attention_kernel.KernelUnavailable as e:
+      raise ValueError(f"config.model.attention='cpu_kernel': {e}") from e
+  return implementation
+
+
 def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str,
                   bias: jax.Array | None = None) -> jax.Array:
   """Full self-attention on heads-major arrays q, k, v: [B, H, L, K] -> [B, H, L, K].
 
-  `bias` [H, L, L] is added to the logits (xla and dot_product only: the splash kernel takes none).
+  `bias` [H, L, L] is added to the logits (not by "splash": the splash kernel takes none).
 
   "xla": explicit products -> float32 softmax -> product (`einsum_attention`; on CPU `cpu_attention`,
     the same math with every product in the form XLA:CPU hands to YNNPACK);
   "dot_product": jax.nn.dot_product_attention (cuDNN/TPU paths where the backend has them);
   "splash": the Pallas TPU splash-attention kernel, per shard of the context mesh (interpreted, slowly,
     when not compiling for TPU);
-  "auto": "splash" when compiling for TPU, else "xla".
+  "cpu_kernel": the fused C++ kernel for XLA:CPU (`attention_kernel`; built on first use, per shard of
+    the context mesh);
+  "auto": "splash" when compiling for TPU (without a bias), "cpu_kernel" for CPU when it builds (else
+    "xla", with a warning saying why), else "xla".
   """
-  if implementation == "auto":
-    implementation = "splash" if attention_platform() == "tpu" and bias is None else "xla"
+  platform = attention_platform()
+  implementation = resolve_attention(implementation, bias is not None)
+  if implementation == "cpu_kernel":  # (the Attention module calls it on its packed projection directly)
+    qkv = jnp.stack([jnp.swapaxes(x, 1, 2) for x in (q, k, v)], axis=2)
+    return jnp.swapaxes(packed_cpu_attention(qkv, bias), 1, 2)
   if implementation == "xla":
-    return (cpu_attention if attention_platform() == "cpu" else einsum_attention)(q, k, v, bias)
+    return (cpu_attention if platform == "cpu" else einsum_attention)(q, k, v, bias)
   if implementation == "dot_product":
     out = jax.nn.dot_product_attention(q.swapaxes(1, 2), k.swapaxes(1, 2), v.swapaxes(1, 2),
                                        bias=None if bias is None else bias[None].astype(q.dtype))
     return out.swapaxes(1, 2)
   if bias is not None:
-    raise ValueError("config.model.time_bias needs config.model.attention 'xla', 'dot_product' or 'auto' "
-                     f"(the splash kernel takes no logit bias), got {implementation!r}")
+    raise ValueError("config.model.time_bias needs config.model.attention 'xla', 'dot_product', 'cpu_kernel' "
+                     f"or 'auto' (the splash kernel takes no logit bias), got {implementation!r}")
   if implementation == "splash":
-    interpret = attention_platform() != "tpu"
+    interpret = platform != "tpu"
     if interpret:  # traced once per compiled program, so this warns once per program, not per step
       logging.warning("config.model.attention='splash' off TPU runs the Pallas kernel in its interpreter "
-                      "(very slow; for tests). Use 'auto' or 'xla' to train on %s.", attention_platform())
+                      "(very slow; for tests). Use 'auto' or 'xla' to train on %s.", platform)
     return _shard_mapped(lambda *a: splash_attention(*a, interpret=interpret), q, k, v)
   raise ValueError(f"config.model.attention={implementation!r}: expected one of {ATTENTION_IMPLEMENTATIONS}")
 
@@ -312,10 +383,6 @@ class Attention(nn.Module):
                        (self.num_heads, hd, d), self.param_dtype)
     b_out = self.param("out_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
                        (d,), self.param_dtype)
-    # Three projections rather than one "bld,tdhk->tbhlk": their gradients then feed the input and
-    # weight gradients without first being stacked and transposed as one [3, B, H, L, K] array.
-    q, k, v = (nn.with_logical_constraint(
-        jnp.einsum("bld,dhk->bhlk", x, w_qkv[i].astype(self.dtype)), BHLK) for i in range(3))
     bias = None
     if self.bias_buckets is not None:
       prior = self.bias_prior
@@ -324,6 +391,18 @@ class Attention(nn.Module):
       table = self.param("time_bias", nn.with_logical_partitioning(init, ("heads", "buckets")),
                          (self.num_heads, int(self.bias_buckets.max()) + 1), self.param_dtype)
       bias = table[:, self.bias_buckets]  # [H, L, L]: a gather with a static index
+    if resolve_attention(self.implementation, bias is not None) == "cpu_kernel":
+      # The kernel reads q, k, v where one [B L, D] x [D, 3 H K] product writes them and writes its output
+      # as the out projection reads it: no head transposes (mid-size step: PERF_LOG section 12).
+      w = jnp.moveaxis(w_qkv.astype(self.dtype), 1, 0)  # [D, 3, H, K]
+      qkv = nn.with_logical_constraint(jnp.einsum("bld,dthk->blthk", x, w), BL3HK)
+      out = nn.with_logical_constraint(packed_cpu_attention(qkv, bias), BLHK)
+      y = jnp.einsum("blhk,hkd->bld", out, w_out.astype(self.dtype)) + b_out.astype(self.dtype)
+      return nn.with_logical_constraint(y, BLE)
+    # Three projections rather than one "bld,tdhk->tbhlk": their gradients then feed the input and
+    # weight gradients without first being stacked and transposed as one [3, B, H, L, K] array.
+    q, k, v = (nn.with_logical_constraint(
+        jnp.einsum("bld,dhk->bhlk", x, w_qkv[i].astype(self.dtype)), BHLK) for i in range(3))
     out = dot_attention(q, k, v, self.implementation, bias)
     out = nn.with_logical_constraint(out, BHLK)
     y = jnp.einsum("bhlk,hkd->bld", out, w_out.astype(self.dtype)) + b_out.astype(self.dtype)

@@ -1,0 +1,424 @@
+// Fused self-attention for XLA:CPU (an XLA FFI custom call): softmax(q k^T * scale + bias) v and its
+// gradient, one (batch, head) at a time, eight query rows at a time, so that a row block's logits
+// (8 x L floats) stay in the L1/L2 cache instead of XLA's [B, H, L, L] round trips through memory.
+// The backward recomputes the probabilities from the saved log-sum-exp (as FlashAttention does).
+//
+// Built on first use by monl/models/attention_kernel.py (g++ -O3 -march=native); GCC vector extensions
+// (16 floats) compile to AVX-512, AVX2 or NEON as the host has them.
+//
+// Shapes (float32, row-major): qkv, dqkv [B, L, 3, H, K] (q, k, v packed as one projection writes them, so
+// that no head transposes are needed around the call); out, dout [B, L, H, K]; lse [B, H, L]; bias, dbias
+// [H, L, L] (the "Bias" handlers). Work items (one per batch and head) run on XLA's intra-op thread pool.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int W = 16;  // floats per vector
+typedef float vf __attribute__((vector_size(W * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(W * sizeof(int32_t))));
+constexpr int R = 8;   // query rows per block
+constexpr int RB = 32; // query rows per backward block: dK, dV are read and written once per RB rows
+
+inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
+// {x, ..., x} compiles to one broadcast; `vf{} + x` would add an addition (x + 0 is not x for -0).
+inline vf splat(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
+static_assert(W == 16, "splat spells out 16 lanes");
+inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof(vf)); return v; }
+inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof(vf)); }
+
+// exp on a vector: 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2], degree-6 polynomial (rel. error < 2e-7).
+inline vf vexp(vf x) {
+  x = x < splat(-87.0f) ? splat(-87.0f) : x;
+  x = x > splat(88.0f) ? splat(88.0f) : x;
+  vf n = x * 1.44269504088896341f;
+  vi ni = __builtin_convertvector(n + (vf)(n >= 0 ? splat(0.5f) : splat(-0.5f)), vi);
+  n = __builtin_convertvector(ni, vf);
+  vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  vf p = splat(1.0f / 720) * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  vi bits = (ni + 127) << 23;
+  vf scale;
+  std::memcpy(&scale, &bits, sizeof(vf));
+  return p * scale;
+}
+
+// Runs fn(i) for i in [0, n) on the pool and the calling thread; returns when all are done.
+void parallel_for(ffi::ThreadPool& pool, int64_t n, const std::function<void(int64_t)>& fn) {
+  struct State {
+    std::atomic<int64_t> next{0}, done{0};
+    std::mutex mu;
+    std::condition_variable cv;
+  };
+  auto state = std::make_shared<State>();
+  auto work = [state, n, &fn] {
+    for (int64_t i; (i = state->next.fetch_add(1)) < n;) {
+      fn(i);
+      if (state->done.fetch_add(1) + 1 == n) {
+        std::lock_guard<std::mutex> lock(state->mu);
+        state->cv.notify_all();
+      }
+    }
+  };
+  int64_t helpers = std::min<int64_t>(pool.num_threads(), n - 1);
+  // A helper that starts after all items are taken returns without touching `fn` (it owns `state`).
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([state, work] { work(); });
+  work();
+  std::unique_lock<std::mutex> lock(state->mu);
+  state->cv.wait(lock, [&] { return state->done.load() == n; });
+}
+
+// Per-thread scratch for one (batch, head): padded copies and transposes.
+struct Head {
+  int L, K, Lp, Kp, Lq;  // Lp: keys padded to W; Kp: head dim padded to W; Lq: rows padded to RB
+  std::vector<float> q, kt, krow, vt, vrow, o, d;
+  Head(int L_, int K_) : L(L_), K(K_), Lp(round_up(L_, W)), Kp(round_up(K_, W)), Lq(round_up(L_, RB)) {}
+
+  // rows [L, K] (row i at src + i * stride) -> [Lr, Kp] zero padded
+  static void rows(const float* src, int64_t stride, int L, int K, int Lr, int Kp, std::vector<float>& dst) {
+    dst.assign(size_t(Lr) * Kp, 0.0f);
+    for (int i = 0; i < L; ++i) std::memcpy(&dst[size_t(i) * Kp], src + i * stride, K * sizeof(float));
+  }
+  // rows [L, K] (row i at src + i * stride) -> [Kp, Lp] zero padded
+  static void cols(const float* src, int64_t stride, int L, int K, int Lp, int Kp, std::vector<float>& dst) {
+    dst.assign(size_t(Kp) * Lp, 0.0f);
+    for (int i = 0; i < L; ++i)
+      for (int c = 0; c < K; ++c) dst[size_t(c) * Lp + i] = src[i * stride + c];
+  }
+};
+
+// s[r, j] = sum_c a[r, c] * bt[c, j] for R rows of a ([., Kp]) and all Lp columns of bt ([Kp, Lp]).
+void rows_times_cols(const float* a, const float* bt, int Kp, int Lp, float* s) {
+  int j = 0;
+  for (; j + 2 * W <= Lp; j += 2 * W) {
+    vf acc[R][2] = {};
+    for (int c = 0; c < Kp; ++c) {
+      vf b0 = load(bt + size_t(c) * Lp + j), b1 = load(bt + size_t(c) * Lp + j + W);
+      for (int r = 0; r < R; ++r) {
+        vf x = splat(a[size_t(r) * Kp + c]);
+        acc[r][0] += x * b0;
+        acc[r][1] += x * b1;
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      store(s + size_t(r) * Lp + j, acc[r][0]);
+      store(s + size_t(r) * Lp + j + W, acc[r][1]);
+    }
+  }
+  for (; j < Lp; j += W) {
+    vf acc[R] = {};
+    for (int c = 0; c < Kp; ++c) {
+      vf b0 = load(bt + size_t(c) * Lp + j);
+      for (int r = 0; r < R; ++r) acc[r] += splat(a[size_t(r) * Kp + c]) * b0;
+    }
+    for (int r = 0; r < R; ++r) store(s + size_t(r) * Lp + j, acc[r]);
+  }
+}
+
+// o[r, c0 : c0 + NV W] = sum_j p[r, j] * b[j, c0 : ...] for R rows of p ([., Lp], first L columns).
+// NV is a template argument so that the accumulators stay in registers.
+template <int NV>
+void rows_times_rows_part(const float* p, const float* b, int L, int Lp, int Kp, int c0, float* o) {
+  for (int r0 = 0; r0 < R; r0 += 4) {
+    vf acc[4][NV] = {};
+    for (int j = 0; j < L; ++j) {
+      vf bv[NV];
+      for (int v = 0; v < NV; ++v) bv[v] = load(b + size_t(j) * Kp + c0 + v * W);
+      for (int r = 0; r < 4; ++r) {
+        vf x = splat(p[size_t(r0 + r) * Lp + j]);
+        for (int v = 0; v < NV; ++v) acc[r][v] += x * bv[v];
+      }
+    }
+    for (int r = 0; r < 4; ++r)
+      for (int v = 0; v < NV; ++v) store(o + size_t(r0 + r) * Kp + c0 + v * W, acc[r][v]);
+  }
+}
+
+// o = p b for R rows of p ([., Lp], first L columns) and b [Lp, Kp]: o [R, Kp].
+void rows_times_rows(const float* p, const float* b, int L, int Lp, int Kp, float* o) {
+  int c0 = 0;
+  for (; c0 + 4 * W <= Kp; c0 += 4 * W) rows_times_rows_part<4>(p, b, L, Lp, Kp, c0, o);
+  switch ((Kp - c0) / W) {
+    case 3: rows_times_rows_part<3>(p, b, L, Lp, Kp, c0, o); break;
+    case 2: rows_times_rows_part<2>(p, b, L, Lp, Kp, c0, o); break;
+    case 1: rows_times_rows_part<1>(p, b, L, Lp, Kp, c0, o); break;
+  }
+}
+
+// acc[j, c0 : c0 + NV W] += sum_r g[r, j] * a[r, c0 : ...] for NJ rows j from j0.
+template <int NV, int NJ>
+inline void cols_times_rows_part(const float* g, const float* a, int rows, int Lp, int Kp, int c0, int j0,
+                                 float* acc) {
+  vf t[NJ][NV];
+  for (int j = 0; j < NJ; ++j)
+    for (int v = 0; v < NV; ++v) t[j][v] = load(acc + size_t(j0 + j) * Kp + c0 + v * W);
+  for (int r = 0; r < rows; ++r) {
+    vf av[NV];
+    for (int v = 0; v < NV; ++v) av[v] = load(a + size_t(r) * Kp + c0 + v * W);
+    for (int j = 0; j < NJ; ++j) {
+      vf x = splat(g[size_t(r) * Lp + j0 + j]);
+      for (int v = 0; v < NV; ++v) t[j][v] += x * av[v];
+    }
+  }
+  for (int j = 0; j < NJ; ++j)
+    for (int v = 0; v < NV; ++v) store(acc + size_t(j0 + j) * Kp + c0 + v * W, t[j][v]);
+}
+
+template <int NV>
+void cols_times_rows_cols(const float* g, const float* a, int rows, int L, int Lp, int Kp, int c0, float* acc) {
+  int j0 = 0;
+  for (; j0 + 4 <= L; j0 += 4) cols_times_rows_part<NV, 4>(g, a, rows, Lp, Kp, c0, j0, acc);
+  for (; j0 < L; ++j0) cols_times_rows_part<NV, 1>(g, a, rows, Lp, Kp, c0, j0, acc);
+}
+
+// acc[j, :] += sum_r g[r, j] * a[r, :] for the first `rows` rows; g [., Lp], a [., Kp], acc [Lp, Kp].
+void cols_times_rows_acc(const float* g, const float* a, int rows, int L, int Lp, int Kp, float* acc) {
+  int c0 = 0;
+  for (; c0 + 4 * W <= Kp; c0 += 4 * W) cols_times_rows_cols<4>(g, a, rows, L, Lp, Kp, c0, acc);
+  switch ((Kp - c0) / W) {
+    case 3: cols_times_rows_cols<3>(g, a, rows, L, Lp, Kp, c0, acc); break;
+    case 2: cols_times_rows_cols<2>(g, a, rows, L, Lp, Kp, c0, acc); break;
+    case 1: cols_times_rows_cols<1>(g, a, rows, L, Lp, Kp, c0, acc); break;
+  }
+}
+
+// The largest of row[0 : L].
+float row_max(const float* row, int L) {
+  vf m = splat(-INFINITY);
+  int j = 0;
+  for (; j + W <= L; j += W) {
+    vf x = load(row + j);
+    m = x > m ? x : m;
+  }
+  float best = -INFINITY;
+  for (int v = 0; v < W; ++v) best = std::max(best, m[v]);
+  for (; j < L; ++j) best = std::max(best, row[j]);
+  return best;
+}
+
+// logits of R rows starting at i0: s = scale * q k^T (+ bias[h]); columns >= L are never read.
+void logits(const Head& hd, int i0, float scale, const float* bias, float* s) {
+  rows_times_cols(&hd.q[size_t(i0) * hd.Kp], hd.kt.data(), hd.Kp, hd.Lp, s);
+  for (int r = 0; r < R; ++r) {
+    float* row = s + size_t(r) * hd.Lp;
+    const float* b = (bias && i0 + r < hd.L) ? bias + size_t(i0 + r) * hd.L : nullptr;
+    for (int j = 0; j < hd.L; ++j) row[j] = row[j] * scale + (b ? b[j] : 0.0f);
+  }
+}
+
+// p = exp(s - m) over the first L columns, zero beyond; returns the row sum.
+float exp_row(float* row, int L, int Lp, float m) {
+  vf sum = {};
+  int j = 0;
+  for (; j + W <= L; j += W) {
+    vf e = vexp(load(row + j) - m);
+    store(row + j, e);
+    sum += e;
+  }
+  float total = 0.0f;
+  for (int v = 0; v < W; ++v) total += sum[v];
+  for (; j < L; ++j) total += row[j] = std::exp(row[j] - m);
+  for (; j < Lp; ++j) row[j] = 0.0f;
+  return total;
+}
+
+// One (batch, head): q, k, v, dq, dk, dv rows are `qs` floats apart (3 H K in the packed [B, L, 3, H, K]),
+// out and dout rows `os` apart (H K in [B, L, H, K]); lse [L]; bias [L, L] or null.
+struct HeadArgs {
+  const float *q, *k, *v;
+  int64_t qs;
+  const float* bias;
+  float scale;
+};
+
+void forward_head(Head& hd, const HeadArgs& a, float* out, int64_t os, float* lse) {
+  const int L = hd.L, K = hd.K, Lp = hd.Lp, Kp = hd.Kp;
+  Head::rows(a.q, a.qs, L, K, hd.Lq, Kp, hd.q);
+  Head::cols(a.k, a.qs, L, K, Lp, Kp, hd.kt);
+  Head::rows(a.v, a.qs, L, K, Lp, Kp, hd.vrow);
+  std::vector<float> s(size_t(R) * Lp), o(size_t(R) * Kp);
+  for (int i0 = 0; i0 < L; i0 += R) {
+    logits(hd, i0, a.scale, a.bias, s.data());
+    float inv[R];
+    for (int r = 0; r < R; ++r) {
+      float* row = &s[size_t(r) * Lp];
+      float m = row_max(row, L);
+      float sum = exp_row(row, L, Lp, m);
+      inv[r] = 1.0f / sum;
+      if (i0 + r < L) lse[i0 + r] = m + std::log(sum);
+    }
+    rows_times_rows(s.data(), hd.vrow.data(), L, Lp, Kp, o.data());
+    for (int r = 0; r < R && i0 + r < L; ++r)
+      for (int c = 0; c < K; ++c) out[(i0 + r) * os + c] = o[size_t(r) * Kp + c] * inv[r];
+  }
+}
+
+// dq, dk, dv are written (rows `qs` apart); dbias (may be null) is accumulated (+=).
+void backward_head(Head& hd, const HeadArgs& a, const float* out, const float* dout, int64_t os, const float* lse,
+                   float* dq, float* dk, float* dv, float* dbias) {
+  const int L = hd.L, K = hd.K, Lp = hd.Lp, Kp = hd.Kp;
+  const float scale = a.scale;
+  Head::rows(a.q, a.qs, L, K, hd.Lq, Kp, hd.q);
+  Head::cols(a.k, a.qs, L, K, Lp, Kp, hd.kt);
+  Head::rows(a.k, a.qs, L, K, Lp, Kp, hd.krow);
+  Head::cols(a.v, a.qs, L, K, Lp, Kp, hd.vt);
+  Head::rows(dout, os, L, K, hd.Lq, Kp, hd.o);  // dO, padded
+  std::vector<float> delta(hd.Lq, 0.0f);       // rowsum(dO * O)
+  for (int i = 0; i < L; ++i) {
+    float t = 0.0f;
+    for (int c = 0; c < K; ++c) t += dout[i * os + c] * out[i * os + c];
+    delta[i] = t;
+  }
+  std::vector<float> p(size_t(RB) * Lp), dp(size_t(RB) * Lp), g(size_t(RB) * Kp);
+  std::vector<float> dk_acc(size_t(Lp) * Kp, 0.0f), dv_acc(size_t(Lp) * Kp, 0.0f);
+  for (int i0 = 0; i0 < L; i0 += RB) {
+    const int rows = std::min(RB, L - i0);
+    for (int s0 = 0; s0 < RB; s0 += R) {
+      logits(hd, i0 + s0, scale, a.bias, &p[size_t(s0) * Lp]);
+      rows_times_cols(&hd.o[size_t(i0 + s0) * Kp], hd.vt.data(), Kp, Lp, &dp[size_t(s0) * Lp]);  // dP = dO V^T
+    }
+    for (int r = 0; r < RB; ++r) {
+      float* row = &p[size_t(r) * Lp];
+      if (r < rows) {
+        exp_row(row, L, Lp, lse[i0 + r]);
+      } else {
+        std::fill(row, row + Lp, 0.0f);
+      }
+    }
+    cols_times_rows_acc(p.data(), &hd.o[size_t(i0) * Kp], rows, L, Lp, Kp, dv_acc.data());  // dV += P^T dO
+    for (int r = 0; r < RB; ++r) {  // dS = P (dP - delta), into dp; padded rows are 0 since P is
+      float* pr = &p[size_t(r) * Lp];
+      float* dr = &dp[size_t(r) * Lp];
+      const float dl = delta[i0 + r];
+      for (int j = 0; j < L; ++j) dr[j] = pr[j] * (dr[j] - dl);
+      for (int j = L; j < Lp; ++j) dr[j] = 0.0f;
+      if (dbias && r < rows) {
+        float* db = dbias + size_t(i0 + r) * L;
+        for (int j = 0; j < L; ++j) db[j] += dr[j];
+      }
+    }
+    for (int s0 = 0; s0 < RB; s0 += R)  // dQ = dS K
+      rows_times_rows(&dp[size_t(s0) * Lp], hd.krow.data(), L, Lp, Kp, &g[size_t(s0) * Kp]);
+    for (int r = 0; r < rows; ++r)
+      for (int c = 0; c < K; ++c) dq[(i0 + r) * a.qs + c] = g[size_t(r) * Kp + c] * scale;
+    cols_times_rows_acc(dp.data(), &hd.q[size_t(i0) * Kp], rows, L, Lp, Kp, dk_acc.data());  // dK += dS^T Q
+  }
+  for (int j = 0; j < L; ++j)
+    for (int c = 0; c < K; ++c) {
+      dk[j * a.qs + c] = dk_acc[size_t(j) * Kp + c] * scale;
+      dv[j * a.qs + c] = dv_acc[size_t(j) * Kp + c];
+    }
+}
+
+// Dimensions of the packed qkv [B, L, 3, H, K] and where (batch b, head h) starts in it and in [B, L, H, K].
+struct Packed {
+  int64_t B, L, H, K;
+  int64_t qs() const { return 3 * H * K; }
+  int64_t os() const { return H * K; }
+  int64_t qkv_offset(int64_t b, int64_t h) const { return b * L * qs() + h * K; }
+  int64_t out_offset(int64_t b, int64_t h) const { return b * L * os() + h * K; }
+};
+
+std::optional<Packed> packed_dims(const ffi::Buffer<ffi::F32>& qkv) {
+  auto d = qkv.dimensions();
+  if (d.size() != 5 || d[2] != 3) return std::nullopt;
+  return Packed{d[0], d[1], d[3], d[4]};
+}
+
+HeadArgs head_args(const Packed& d, const float* qkv, int64_t b, int64_t h, const float* bias, float scale) {
+  const float* base = qkv + d.qkv_offset(b, h);
+  return {base, base + d.H * d.K, base + 2 * d.H * d.K, d.qs(), bias ? bias + h * d.L * d.L : nullptr, scale};
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, const float* bias, float scale,
+                   ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
+  auto d = packed_dims(qkv);
+  if (!d) return ffi::Error::InvalidArgument("attention_cpu: qkv must be [B, L, 3, H, K]");
+  parallel_for(pool, d->B * d->H, [&](int64_t i) {
+    const int64_t b = i / d->H, h = i % d->H;
+    Head hd(int(d->L), int(d->K));
+    forward_head(hd, head_args(*d, qkv.typed_data(), b, h, bias, scale), out->typed_data() + d->out_offset(b, h),
+                 d->os(), lse->typed_data() + i * d->L);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::Buffer<ffi::F32> out,
+                    ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout, const float* bias, float scale,
+                    ffi::ResultBuffer<ffi::F32> dqkv, float* dbias) {
+  auto d = packed_dims(qkv);
+  if (!d) return ffi::Error::InvalidArgument("attention_cpu: qkv must be [B, L, 3, H, K]");
+  auto one = [&](int64_t b, int64_t h, float* db) {
+    Head hd(int(d->L), int(d->K));
+    const int64_t o = d->out_offset(b, h), g = d->qkv_offset(b, h), hk = d->H * d->K;
+    float* dq = dqkv->typed_data() + g;
+    backward_head(hd, head_args(*d, qkv.typed_data(), b, h, bias, scale), out.typed_data() + o,
+                  dout.typed_data() + o, d->os(), lse.typed_data() + (b * d->H + h) * d->L, dq, dq + hk,
+                  dq + 2 * hk, db);
+  };
+  if (!dbias) {
+    parallel_for(pool, d->B * d->H, [&](int64_t i) { one(i / d->H, i % d->H, nullptr); });
+  } else {  // one work item per head, so that only one thread adds into dbias[h]
+    std::memset(dbias, 0, sizeof(float) * d->H * d->L * d->L);
+    parallel_for(pool, d->H, [&](int64_t h) {
+      for (int64_t b = 0; b < d->B; ++b) one(b, h, dbias + h * d->L * d->L);
+    });
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error ForwardNoBias(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, float scale,
+                         ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
+  return Forward(pool, qkv, nullptr, scale, out, lse);
+}
+
+ffi::Error ForwardBias(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::Buffer<ffi::F32> bias, float scale,
+                       ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
+  return Forward(pool, qkv, bias.typed_data(), scale, out, lse);
+}
+
+ffi::Error BackwardNoBias(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::Buffer<ffi::F32> out,
+                          ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout, float scale,
+                          ffi::ResultBuffer<ffi::F32> dqkv) {
+  return Backward(pool, qkv, out, lse, dout, nullptr, scale, dqkv, nullptr);
+}
+
+ffi::Error BackwardBias(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::Buffer<ffi::F32> out,
+                        ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout, ffi::Buffer<ffi::F32> bias,
+                        float scale, ffi::ResultBuffer<ffi::F32> dqkv, ffi::ResultBuffer<ffi::F32> dbias) {
+  return Backward(pool, qkv, out, lse, dout, bias.typed_data(), scale, dqkv, dbias->typed_data());
+}
+
+using F32 = ffi::Buffer<ffi::F32>;
+
+}  // namespace
+
+// XLA's thread pool, the float32 buffers, the "scale" attribute, the float32 results.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MonlAttentionFwd, ForwardNoBias,  // qkv -> out, lse
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Attr<float>("scale")
+                                  .Ret<F32>().Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MonlAttentionFwdBias, ForwardBias,  // qkv, bias -> out, lse
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Attr<float>("scale")
+                                  .Ret<F32>().Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MonlAttentionBwd, BackwardNoBias,  // qkv, out, lse, dout -> dqkv
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Attr<float>("scale").Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MonlAttentionBwdBias, BackwardBias,  // qkv, out, lse, dout, bias -> dqkv, dbias
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Arg<F32>().Attr<float>("scale").Ret<F32>().Ret<F32>());

@@ -1,0 +1,170 @@
+"""The fused CPU attention kernel (`attention_cpu.cc`): built on first use, registered with XLA's FFI.
+
+`packed_attention(qkv, bias)` is softmax(q k^T / sqrt(K) + bias) v on the packed projection
+[B, L, 3, H, K], with a custom VJP whose forward and backward are one custom call each; the backward
+recomputes the probabilities from the saved log-sum-exp, so no [B, H, L, L] array exists in the compiled
+step. `fused_attention(q, k, v, bias)` is the same on heads-major arrays. `build()` compiles the source with
+the host's C++ compiler (`$CXX`, else g++ / c++ / clang++) for this CPU (-march=native) into
+`$MONL_KERNEL_CACHE` (default ~/.cache/monl/kernels), keyed by source, flags, compiler, jaxlib and CPU,
+so a second process (or a second host sharing the home directory) never reuses a wrong binary.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "attention_cpu.cc")
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
+TARGETS = {"fwd": "MonlAttentionFwd", "fwd_bias": "MonlAttentionFwdBias",
+           "bwd": "MonlAttentionBwd", "bwd_bias": "MonlAttentionBwdBias"}
+
+
+class KernelUnavailable(RuntimeError):
+  """The kernel cannot be built on this host (no C++ compiler, or it failed); the message says why."""
+
+
+def _compiler() -> str:
+  for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+    if name and shutil.which(name):
+      return shutil.which(name)
+  raise KernelUnavailable("no C++ compiler found ($CXX, g++, c++, clang++): the fused CPU attention "
+                          "kernel needs one (e.g. `apt-get install g++`); config.model.attention='xla' "
+                          "runs without it")
+
+
+def _cpu_id() -> str:
+  """What -march=native compiles for: the CPU model and its feature flags."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      lines = [l for l in f.read().splitlines() if l.startswith(("model name", "flags", "Features"))]
+    return "\n".join(sorted(set(lines)))
+  except OSError:
+    return platform.processor() or platform.machine()
+
+
+def library_path() -> str:
+  """Where the built kernel for this host lives (built or not)."""
+  cxx = _compiler()
+  with open(SOURCE, "rb") as f:
+    src = f.read()
+  key = hashlib.sha256(b"\0".join([src, " ".join(FLAGS).encode(), cxx.encode(), jax.ffi.include_dir().encode(),
+                                   jax.__version__.encode(), _cpu_id().encode()])).hexdigest()[:16]
+  cache = os.environ.get("MONL_KERNEL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "monl",
+                                                              "kernels")
+  return os.path.join(cache, f"attention_cpu_{key}.so")
+
+
+@functools.lru_cache(maxsize=None)
+def build() -> str:
+  """Compiles the kernel (once per host and source; cached on disk) and registers its FFI targets.
+
+  Returns the library's path; raises KernelUnavailable naming the compiler's error.
+  """
+  path = library_path()
+  if not os.path.exists(path):
+    try:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
+    except OSError as e:
+      raise KernelUnavailable(f"cannot write the CPU attention kernel's cache {os.path.dirname(path)} ({e}); "
+                              "set MONL_KERNEL_CACHE to a writable directory") from e
+    os.close(fd)
+    cmd = [_compiler(), *FLAGS, "-I", jax.ffi.include_dir(), SOURCE, "-o", tmp]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+      os.unlink(tmp)
+      raise KernelUnavailable(f"building the fused CPU attention kernel failed ({' '.join(cmd)}):\n"
+                              f"{proc.stderr[-4000:]}")
+    os.replace(tmp, path)  # atomic: a concurrent process sees no file or a whole one
+  try:
+    lib = ctypes.CDLL(path)
+  except OSError as e:
+    raise KernelUnavailable(f"loading the CPU attention kernel {path} failed ({e}); delete it to rebuild") from e
+  for target, symbol in TARGETS.items():
+    jax.ffi.register_ffi_target(f"monl_attention_{target}", jax.ffi.pycapsule(getattr(lib, symbol)),
+                                platform="cpu")
+  return path
+
+
+def available() -> str | None:
+  """None when the kernel is built and registered, else why not."""
+  try:
+    build()
+  except KernelUnavailable as e:
+    return str(e)
+  return None
+
+
+def _call(target: str, results, *args, scale: float):
+  build()  # registers the targets (once per process; raises KernelUnavailable if it cannot)
+  return jax.ffi.ffi_call(f"monl_attention_{target}", results, vmap_method="sequential")(
+      *args, scale=np.float32(scale))
+
+
+@jax.custom_vjp
+def packed_attention(qkv: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+  """softmax(q k^T / sqrt(K) + bias) v per head: qkv [B, L, 3, H, K] (q, k, v as one projection writes
+  them), bias [H, L, L] or None -> [B, L, H, K].
+
+  This layout needs no head transposes around the call: the projection in is one [B L, D] x [D, 3 H K]
+  product and the one out one [B L, H K] x [H K, D] product. Computed in float32 (other dtypes are
+  cast). Builds the kernel on first use (`build()`).
+  """
+  return _fwd(qkv, bias)[0]
+
+
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+  """`packed_attention` on heads-major q, k, v [B, H, L, K] (transposed and stacked) -> [B, H, L, K]."""
+  if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape:
+    raise ValueError(f"fused_attention: q, k, v must be [B, H, L, K] of one shape, got {q.shape}, {k.shape}, "
+                     f"{v.shape}")
+  qkv = jnp.stack([jnp.swapaxes(x, 1, 2) for x in (q, k, v)], axis=2)
+  return jnp.swapaxes(packed_attention(qkv, bias), 1, 2)
+
+
+def _f32(x):
+  return None if x is None else x.astype(jnp.float32)
+
+
+def _check(qkv, bias):
+  if qkv.ndim != 5 or qkv.shape[2] != 3:
+    raise ValueError(f"packed_attention: qkv must be [B, L, 3, H, K], got {qkv.shape}")
+  _, length, _, heads, _ = qkv.shape
+  if bias is not None and bias.shape != (heads, length, length):
+    raise ValueError(f"packed_attention: bias must be [H, L, L] = {(heads, length, length)}, got {bias.shape}")
+
+
+def _fwd(qkv, bias):
+  _check(qkv, bias)
+  b, length, _, heads, kd = qkv.shape
+  results = (jax.ShapeDtypeStruct((b, length, heads, kd), jnp.float32),
+             jax.ShapeDtypeStruct((b, heads, length), jnp.float32))
+  args = (_f32(qkv),) if bias is None else (_f32(qkv), _f32(bias))
+  out, lse = _call("fwd" if bias is None else "fwd_bias", results, *args, scale=1.0 / math.sqrt(kd))
+  return out.astype(qkv.dtype), (qkv, bias, out, lse)
+
+
+def _bwd(res, d_out):
+  qkv, bias, out, lse = res
+  scale = 1.0 / math.sqrt(qkv.shape[-1])
+  grad = jax.ShapeDtypeStruct(qkv.shape, jnp.float32)
+  if bias is None:
+    (d_qkv,) = _call("bwd", (grad,), _f32(qkv), out, lse, _f32(d_out), scale=scale)
+    return d_qkv.astype(qkv.dtype), None
+  d_qkv, d_bias = _call("bwd_bias", (grad, jax.ShapeDtypeStruct(bias.shape, jnp.float32)), _f32(qkv), out, lse,
+                        _f32(d_out), _f32(bias), scale=scale)
+  return d_qkv.astype(qkv.dtype), d_bias.astype(bias.dtype)
+
+
+packed_attention.defvjp(_fwd, _bwd)

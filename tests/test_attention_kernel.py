@@ -1,0 +1,140 @@
+"""The fused CPU attention kernel (monl/models/attention_cpu.cc through XLA's FFI): values and gradients
+against JAX's einsums for awkward shapes, with and without the logit bias, other dtypes, per-shard
+execution under a mesh, the build cache, and the errors when it cannot be built or used."""
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from monl.models import attention_kernel, layers
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _grads(fn, q, k, v, bias, g):
+  argnums = (0, 1, 2) if bias is None else (0, 1, 2, 3)
+  return jax.jit(jax.value_and_grad(lambda q, k, v, b: jnp.sum(fn(q, k, v, b) * g), argnums=argnums))(q, k, v, bias)
+
+
+# L: below one vector, not a multiple of the 8-row blocks / 16-float vectors / 32-row backward blocks,
+# and a multiple of all; K: below, not a multiple of, and a multiple of the 16-float vector.
+@pytest.mark.parametrize("shape", [(2, 3, 5, 8), (1, 2, 37, 24), (2, 2, 64, 16), (1, 1, 130, 40)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_kernel_matches_the_einsums_and_their_gradients(shape, with_bias):
+  ks = jax.random.split(jax.random.key(sum(shape)), 5)
+  q, k, v, g = (2.0 * jax.random.normal(key, shape) for key in ks[:4])
+  bias = jax.random.normal(ks[4], (shape[1], shape[2], shape[2])) if with_bias else None
+  out = jax.jit(attention_kernel.fused_attention)(q, k, v, bias)
+  np.testing.assert_allclose(out, layers.einsum_attention(q, k, v, bias), atol=3e-6, rtol=1e-5)
+  (loss, got), (ref_loss, want) = _grads(attention_kernel.fused_attention, q, k, v, bias, g), \
+      _grads(layers.einsum_attention, q, k, v, bias, g)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+  assert len(got) == (4 if with_bias else 3)
+  for name, a, b in zip("qkvb", got, want):
+    assert float(jnp.abs(b).max()) > 1e-2, name  # a real gradient, not zeros compared with zeros
+    # float32 against float32 with logits up to ~15: both are ~1e-5 from a float64 run here (the kernel
+    # 1.7e-5, the einsums 8e-6, cpu_attention 1.1e-5)
+    np.testing.assert_allclose(a, b, atol=5e-5, rtol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("time_bias", [False, True])
+def test_model_with_the_kernel_matches_the_model_with_xla(time_bias):
+  """The Attention module's packed path (one q/k/v product, no head transposes) is the same function of
+  the same parameters as its heads-major path: outputs and every parameter's gradient."""
+  from test_model import _inputs, _randomize, _setup
+  model_xla, lay = _setup(attention="xla", time_bias=time_bias)
+  model_kernel, _ = _setup(attention="auto", time_bias=time_bias)
+  tokens, t = _inputs(lay)
+  variables = _randomize(model_xla.init(jax.random.key(0), tokens, t))
+  assert jax.tree.structure(variables) == jax.tree.structure(model_kernel.init(jax.random.key(0), tokens, t))
+
+  def loss_and_grads(model):
+    loss = lambda v: sum(jnp.sum(jnp.sin(o)) for o in jax.tree.leaves(model.apply(v, tokens, t)))
+    return jax.jit(jax.value_and_grad(loss))(variables)
+
+  hlo = jax.jit(lambda v: model_kernel.apply(v, tokens, t)).lower(variables).as_text()
+  assert "monl_attention_fwd" in hlo
+  (loss, got), (ref_loss, want) = loss_and_grads(model_kernel), loss_and_grads(model_xla)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
+
+
+def test_kernel_saves_no_probabilities_and_keeps_other_dtypes():
+  q = jax.random.normal(jax.random.key(0), (2, 2, 48, 16))
+  grad = jax.grad(lambda q: jnp.sum(attention_kernel.fused_attention(q, q, q, None) ** 2))
+  hlo = jax.jit(grad).lower(q).compile().as_text()
+  assert "f32[2,2,48,48]" not in hlo  # the backward recomputes P from the log-sum-exp
+  low = q.astype(jnp.bfloat16)
+  out = attention_kernel.fused_attention(low, low, low, None)
+  assert out.dtype == jnp.bfloat16
+  assert jax.grad(lambda x: jnp.sum(attention_kernel.fused_attention(x, x, x, None).astype(jnp.float32)))(
+      low).dtype == jnp.bfloat16
+  with pytest.raises(ValueError, match=r"bias must be \[H, L, L\] = \(2, 48, 48\), got \(2, 48, 47\)"):
+    attention_kernel.fused_attention(q, q, q, jnp.zeros((2, 48, 47)))
+
+
+def test_build_is_cached_per_host_and_source(tmp_path, monkeypatch):
+  path = attention_kernel.build()
+  assert os.path.isfile(path) and path == attention_kernel.library_path()
+  monkeypatch.setenv("MONL_KERNEL_CACHE", str(tmp_path))
+  assert os.path.dirname(attention_kernel.library_path()) == str(tmp_path)  # a fresh cache: built anew
+
+
+def test_without_a_compiler_the_error_says_what_to_do(monkeypatch):
+  monkeypatch.setenv("CXX", "")
+  monkeypatch.setattr(attention_kernel.shutil, "which", lambda name: None)
+  with pytest.raises(attention_kernel.KernelUnavailable, match=r"no C\+\+ compiler.*attention='xla'"):
+    attention_kernel.library_path()
+
+
+def test_an_unwritable_cache_names_the_directory(tmp_path, monkeypatch):
+  blocked = tmp_path / "file"
+  blocked.write_text("")
+  monkeypatch.setenv("MONL_KERNEL_CACHE", str(blocked / "kernels"))  # under a file: cannot be created
+  with pytest.raises(attention_kernel.KernelUnavailable, match=r"cannot write .*file/kernels.*MONL_KERNEL_CACHE"):
+    attention_kernel.build.__wrapped__()
+
+
+def test_cpu_kernel_off_cpu_is_a_config_error(monkeypatch):
+  monkeypatch.setattr(layers, "attention_platform", lambda: "gpu")
+  q = jnp.zeros((1, 1, 8, 8))
+  with pytest.raises(ValueError, match=r"config\.model\.attention='cpu_kernel' runs on CPU only; compiling for gpu"):
+    layers.dot_attention(q, q, q, "cpu_kernel")
+  assert layers.dot_attention(q, q, q, "auto").shape == q.shape  # "auto" runs "xla" there
+
+
+_SHARDED = r"""
+import flax.linen as nn, jax, numpy as np
+from jax.sharding import AxisType
+from monl.models import layers
+from monl.parallel import rules as R
+q, k, v, w = jax.random.normal(jax.random.key(0), (4, 4, 4, 40, 16))
+bias = jax.random.normal(jax.random.key(1), (4, 40, 40))
+def run(impl):
+  fn = lambda q, k, v, b: (layers.dot_attention(q, k, v, impl, b) * w).sum()
+  return jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2, 3)))(q, k, v, bias)
+ref = run("xla")
+# fsdp_tp: batch over fsdp, heads (and the bias's heads) over tensor, length on `sequence` (gathered).
+for rules, sizes in (("fsdp_tp", (1, 2, 2, 2)), ("dp", (8, 1, 1, 1))):
+  mesh = jax.make_mesh(sizes, R.MESH_AXES, axis_types=(AxisType.Auto,) * 4)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(R.get_rules(rules)):
+    got = run("cpu_kernel")
+    assert "manual_computation" in jax.jit(lambda q: layers.dot_attention(q, q, q, "cpu_kernel", bias)).lower(q).as_text()
+  np.testing.assert_allclose(got[0], ref[0], rtol=1e-5)
+  for g, r in zip(got[1], ref[1]):  # the bias gradient is summed over the batch shards
+    np.testing.assert_allclose(g, r, atol=2e-5, rtol=1e-5)
+print("OK")
+"""
+
+
+def test_kernel_runs_per_shard_under_a_mesh():
+  """8 fake CPU devices (a subprocess: this one has 1); shard_map must not double or drop gradients."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.path.dirname(HERE))
+  proc = subprocess.run([sys.executable, "-c", _SHARDED], env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-4000:]
