@@ -78,11 +78,15 @@ def test_kernel_saves_no_probabilities_and_keeps_other_dtypes():
     attention_kernel.fused_attention(q, q, q, jnp.zeros((2, 48, 47)))
 
 
-def test_build_is_cached_per_host_and_source(tmp_path, monkeypatch):
+def test_build_is_cached_by_source_and_where_monl_kernel_cache_says(tmp_path, monkeypatch):
   path = attention_kernel.build()
   assert os.path.isfile(path) and path == attention_kernel.library_path()
-  monkeypatch.setenv("MONL_KERNEL_CACHE", str(tmp_path))
-  assert os.path.dirname(attention_kernel.library_path()) == str(tmp_path)  # a fresh cache: built anew
+  edited = tmp_path / "attention_cpu.cc"
+  edited.write_text(open(attention_kernel.SOURCE).read() + "// edited\n")
+  monkeypatch.setattr(attention_kernel, "SOURCE", str(edited))
+  assert attention_kernel.library_path() != path  # an edited source is never served the old binary
+  monkeypatch.setenv("MONL_KERNEL_CACHE", str(tmp_path / "cache"))
+  assert os.path.dirname(attention_kernel.library_path()) == str(tmp_path / "cache")
 
 
 def test_without_a_compiler_the_error_says_what_to_do(monkeypatch):

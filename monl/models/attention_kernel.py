@@ -118,7 +118,7 @@ def packed_attention(qkv: jax.Array, bias: jax.Array | None = None) -> jax.Array
   them), bias [H, L, L] or None -> [B, L, H, K].
 
   This layout needs no head transposes around the call: the projection in is one [B L, D] x [D, 3 H K]
-  product and the one out one [B L, H K] x [H K, D] product. Computed in float32 (other dtypes are
+  product, the projection out one [B L, H K] x [H K, D] product. Computed in float32 (other dtypes are
   cast). Builds the kernel on first use (`build()`).
   """
   return _fwd(qkv, bias)[0]
