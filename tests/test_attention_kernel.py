@@ -2,8 +2,6 @@
 against JAX's einsums for awkward shapes, with and without the logit bias, other dtypes, per-shard
 execution under a mesh, the build cache, and the errors when it cannot be built or used."""
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +9,7 @@ import numpy as np
 import pytest
 
 from monl.models import attention_kernel, layers
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from test_attention_splash import run_sharded
 
 
 def _grads(fn, q, k, v, bias, g):
@@ -112,33 +109,5 @@ def test_cpu_kernel_off_cpu_is_a_config_error(monkeypatch):
   assert layers.dot_attention(q, q, q, "auto").shape == q.shape  # "auto" runs "xla" there
 
 
-_SHARDED = r"""
-import flax.linen as nn, jax, numpy as np
-from jax.sharding import AxisType
-from monl.models import layers
-from monl.parallel import rules as R
-q, k, v, w = jax.random.normal(jax.random.key(0), (4, 4, 4, 40, 16))
-bias = jax.random.normal(jax.random.key(1), (4, 40, 40))
-def run(impl):
-  fn = lambda q, k, v, b: (layers.dot_attention(q, k, v, impl, b) * w).sum()
-  return jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2, 3)))(q, k, v, bias)
-ref = run("xla")
-# fsdp_tp: batch over fsdp, heads (and the bias's heads) over tensor, length on `sequence` (gathered).
-for rules, sizes in (("fsdp_tp", (1, 2, 2, 2)), ("dp", (8, 1, 1, 1))):
-  mesh = jax.make_mesh(sizes, R.MESH_AXES, axis_types=(AxisType.Auto,) * 4)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(R.get_rules(rules)):
-    got = run("cpu_kernel")
-    assert "manual_computation" in jax.jit(lambda q: layers.dot_attention(q, q, q, "cpu_kernel", bias)).lower(q).as_text()
-  np.testing.assert_allclose(got[0], ref[0], rtol=1e-5)
-  for g, r in zip(got[1], ref[1]):  # the bias gradient is summed over the batch shards
-    np.testing.assert_allclose(g, r, atol=2e-5, rtol=1e-5)
-print("OK")
-"""
-
-
 def test_kernel_runs_per_shard_under_a_mesh():
-  """8 fake CPU devices (a subprocess: this one has 1); shard_map must not double or drop gradients."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.path.dirname(HERE))
-  proc = subprocess.run([sys.executable, "-c", _SHARDED], env=env, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-4000:]
+  run_sharded("cpu_kernel", length=40, head_dim=16, with_bias=True)

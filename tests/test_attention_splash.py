@@ -50,30 +50,39 @@ import flax.linen as nn, jax, numpy as np
 from jax.sharding import AxisType
 from monl.models import layers
 from monl.parallel import rules as R
-q, k, v, w = jax.random.normal(jax.random.key(0), (4, 4, 4, 200, 32))
+IMPL, L, K, WITH_BIAS = {impl!r}, {length}, {head_dim}, {with_bias}
+q, k, v, w = jax.random.normal(jax.random.key(0), (4, 4, 4, L, K))
+bias = jax.random.normal(jax.random.key(1), (4, L, L)) if WITH_BIAS else None
 def run(impl):
-  fn = lambda q, k, v: (layers.dot_attention(q, k, v, impl) * w).sum()
-  return jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2)))(q, k, v)
+  fn = lambda q, k, v, b: (layers.dot_attention(q, k, v, impl, b) * w).sum()
+  return jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2, 3) if WITH_BIAS else (0, 1, 2)))(q, k, v, bias)
 ref = run("xla")
-# fsdp_tp: batch over fsdp, heads over tensor, and length on `sequence`, which the kernel must gather.
+# fsdp_tp: batch over fsdp, heads (and the bias's) over tensor, and length on `sequence`, which the kernel
+# must gather.
 for rules, sizes in (("fsdp_tp", (1, 2, 2, 2)), ("dp", (8, 1, 1, 1))):
   mesh = jax.make_mesh(sizes, R.MESH_AXES, axis_types=(AxisType.Auto,) * 4)
   with jax.set_mesh(mesh), nn.logical_axis_rules(R.get_rules(rules)):
-    got = run("splash")
-    assert "manual_computation" in jax.jit(lambda q: layers.dot_attention(q, q, q, "splash")).lower(q).as_text()
+    got = run(IMPL)
+    assert "manual_computation" in jax.jit(lambda q: layers.dot_attention(q, q, q, IMPL, bias)).lower(q).as_text()
   np.testing.assert_allclose(got[0], ref[0], rtol=1e-5)
-  for g, r in zip(got[1], ref[1]):
-    np.testing.assert_allclose(g, r, atol=2e-5)
+  for g, r in zip(got[1], ref[1]):  # a bias gradient is summed over the batch shards
+    np.testing.assert_allclose(g, r, atol=2e-5, rtol=1e-5)
 print("OK")
 """
 
 
-def test_splash_runs_per_shard_under_a_mesh():
-  """8 fake CPU devices (a subprocess: this one has 1); shard_map must not double or drop gradients."""
+def run_sharded(impl: str, length: int, head_dim: int, with_bias: bool) -> None:
+  """`impl` against "xla" (values, gradients) under fsdp_tp and dp meshes of 8 fake CPU devices, in a
+  subprocess (this one has 1): its shard_map must not double or drop gradients."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
              PYTHONPATH=os.path.dirname(HERE))
-  proc = subprocess.run([sys.executable, "-c", _SHARDED], env=env, capture_output=True, text=True, timeout=300)
+  script = _SHARDED.format(impl=impl, length=length, head_dim=head_dim, with_bias=with_bias)
+  proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-4000:]
+
+
+def test_splash_runs_per_shard_under_a_mesh():
+  run_sharded("splash", length=200, head_dim=32, with_bias=False)
 
 
 def test_auto_is_the_cpu_kernel_on_cpu():
