@@ -28,7 +28,7 @@ def variants(scale: float):
   import jax
   import jax.numpy as jnp
 
-  from monl.models import attention_kernel, layers
+  from monl.models import layers
 
   def xla(q, k, v):  # layers.einsum_attention without bias: the einsums, differentiated by JAX
     s = jnp.einsum("bhqk,bhsk->bhqs", q * scale, k)
@@ -62,7 +62,7 @@ def variants(scale: float):
 
   saved_probs.defvjp(_fwd, _bwd)
   return {"xla": xla, "cpu_attention (monl's 'xla' on CPU)": lambda q, k, v: layers.cpu_attention(q, k, v, None),
-          "cpu_kernel, heads-major API": lambda q, k, v: attention_kernel.fused_attention(q, k, v, None),
+          "cpu_kernel, heads-major API": lambda q, k, v: layers.dot_attention(q, k, v, "cpu_kernel"),
           "normalise after PV": normalise_after_pv, "query blocks of 128 (lax.map)": query_blocks,
           "custom_vjp from saved probs": saved_probs}
 

@@ -12,6 +12,11 @@ from monl.models import attention_kernel, layers
 from test_attention_splash import run_sharded
 
 
+def kernel(q, k, v, bias=None):
+  """The kernel on heads-major arrays (no mesh here: no shard_map)."""
+  return layers.dot_attention(q, k, v, "cpu_kernel", bias)
+
+
 def _grads(fn, q, k, v, bias, g):
   argnums = (0, 1, 2) if bias is None else (0, 1, 2, 3)
   return jax.jit(jax.value_and_grad(lambda q, k, v, b: jnp.sum(fn(q, k, v, b) * g), argnums=argnums))(q, k, v, bias)
@@ -25,9 +30,9 @@ def test_kernel_matches_the_einsums_and_their_gradients(shape, with_bias):
   ks = jax.random.split(jax.random.key(sum(shape)), 5)
   q, k, v, g = (2.0 * jax.random.normal(key, shape) for key in ks[:4])
   bias = jax.random.normal(ks[4], (shape[1], shape[2], shape[2])) if with_bias else None
-  out = jax.jit(attention_kernel.fused_attention)(q, k, v, bias)
+  out = jax.jit(kernel)(q, k, v, bias)
   np.testing.assert_allclose(out, layers.einsum_attention(q, k, v, bias), atol=3e-6, rtol=1e-5)
-  (loss, got), (ref_loss, want) = _grads(attention_kernel.fused_attention, q, k, v, bias, g), \
+  (loss, got), (ref_loss, want) = _grads(kernel, q, k, v, bias, g), \
       _grads(layers.einsum_attention, q, k, v, bias, g)
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
   assert len(got) == (4 if with_bias else 3)
@@ -63,16 +68,16 @@ def test_model_with_the_kernel_matches_the_model_with_xla(time_bias):
 
 def test_kernel_saves_no_probabilities_and_keeps_other_dtypes():
   q = jax.random.normal(jax.random.key(0), (2, 2, 48, 16))
-  grad = jax.grad(lambda q: jnp.sum(attention_kernel.fused_attention(q, q, q, None) ** 2))
+  grad = jax.grad(lambda q: jnp.sum(kernel(q, q, q, None) ** 2))
   hlo = jax.jit(grad).lower(q).compile().as_text()
   assert "f32[2,2,48,48]" not in hlo  # the backward recomputes P from the log-sum-exp
   low = q.astype(jnp.bfloat16)
-  out = attention_kernel.fused_attention(low, low, low, None)
+  out = kernel(low, low, low, None)
   assert out.dtype == jnp.bfloat16
-  assert jax.grad(lambda x: jnp.sum(attention_kernel.fused_attention(x, x, x, None).astype(jnp.float32)))(
+  assert jax.grad(lambda x: jnp.sum(kernel(x, x, x, None).astype(jnp.float32)))(
       low).dtype == jnp.bfloat16
   with pytest.raises(ValueError, match=r"bias must be \[H, L, L\] = \(2, 48, 48\), got \(2, 48, 47\)"):
-    attention_kernel.fused_attention(q, q, q, jnp.zeros((2, 48, 47)))
+    kernel(q, q, q, jnp.zeros((2, 48, 47)))
 
 
 def test_build_is_cached_by_source_and_where_monl_kernel_cache_says(tmp_path, monkeypatch):

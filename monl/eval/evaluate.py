@@ -583,11 +583,11 @@ def evaluate(config, workdir: str, *, tasks: str | Sequence[str] = "all", num: i
   except ImportError:  # pragma: no cover - tensorboardX is a dependency
     pass
 
+  solver, spacing = sampler_lib.solver_and_spacing(config.sample, solver, spacing)
   results: dict[str, Any] = {
       "workdir": str(workdir), "checkpoint_step": int(gen.step), "dataset": data_dir, "dataset_key": dkey,
       "split": split, "num": n, "steps": steps, "seed": seed, "guidance": guidance or None,
-      "sampler": config.sample.sampler,
-      **dict(zip(("solver", "spacing"), sampler_lib.solver_and_spacing(config.sample, solver, spacing))),
+      "sampler": config.sample.sampler, "solver": solver, "spacing": spacing,
       "mode": config.sample.mode, "builtin_dataset": builtin,
       "ground_truth": truth.source if builtin else None, "settings": settings, "real_reference": real_ref,
       "chance_reference": chance_ref, "notes": notes, "tasks": {}}

@@ -3,8 +3,8 @@
 `packed_attention(qkv, bias)` is softmax(q k^T / sqrt(K) + bias) v on the packed projection
 [B, L, 3, H, K], with a custom VJP whose forward and backward are one custom call each; the backward
 recomputes the probabilities from the saved log-sum-exp, so no [B, H, L, L] array exists in the compiled
-step. `fused_attention(q, k, v, bias)` is the same on heads-major arrays. `build()` compiles the source with
-the host's C++ compiler (`$CXX`, else g++ / c++ / clang++) for this CPU (-march=native) into
+step (`layers.dot_attention(..., "cpu_kernel")` calls it on heads-major arrays). `build()` compiles
+the source with the host's C++ compiler (`$CXX`, else g++ / c++ / clang++) for this CPU (-march=native) into
 `$MONL_KERNEL_CACHE` (default ~/.cache/monl/kernels), keyed by source, flags, compiler, jaxlib and CPU,
 so a second process (or a second host sharing the home directory) never reuses a wrong binary.
 """
@@ -122,15 +122,6 @@ def packed_attention(qkv: jax.Array, bias: jax.Array | None = None) -> jax.Array
   cast). Builds the kernel on first use (`build()`).
   """
   return _fwd(qkv, bias)[0]
-
-
-def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None = None) -> jax.Array:
-  """`packed_attention` on heads-major q, k, v [B, H, L, K] (transposed and stacked) -> [B, H, L, K]."""
-  if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape:
-    raise ValueError(f"fused_attention: q, k, v must be [B, H, L, K] of one shape, got {q.shape}, {k.shape}, "
-                     f"{v.shape}")
-  qkv = jnp.stack([jnp.swapaxes(x, 1, 2) for x in (q, k, v)], axis=2)
-  return jnp.swapaxes(packed_attention(qkv, bias), 1, 2)
 
 
 def _f32(x):
