@@ -131,34 +131,33 @@ void rows_times_cols(const float* a, const float* bt, int Kp, int Lp, float* s) 
   }
 }
 
+// The three products below use register tiles of 8 rows x 2 vectors (16 accumulators), in which every
+// loaded vector feeds 8 FMAs and every broadcast 2: one load per 1.6 FMAs keeps them FMA-bound. (Tiles
+// of 4 x 4, each vector feeding 4 FMAs as a memory operand, ran at half that rate on AVX-512: loads
+// rather than FMAs were the limit.)
+
 // o[r, c0 : c0 + NV W] = sum_j p[r, j] * b[j, c0 : ...] for R rows of p ([., Lp], first L columns).
 // NV is a template argument so that the accumulators stay in registers.
 template <int NV>
 void rows_times_rows_part(const float* p, const float* b, int L, int Lp, int Kp, int c0, float* o) {
-  for (int r0 = 0; r0 < R; r0 += 4) {
-    vf acc[4][NV] = {};
-    for (int j = 0; j < L; ++j) {
-      vf bv[NV];
-      for (int v = 0; v < NV; ++v) bv[v] = load(b + size_t(j) * Kp + c0 + v * W);
-      for (int r = 0; r < 4; ++r) {
-        vf x = splat(p[size_t(r0 + r) * Lp + j]);
-        for (int v = 0; v < NV; ++v) acc[r][v] += x * bv[v];
-      }
+  vf acc[R][NV] = {};
+  for (int j = 0; j < L; ++j) {
+    vf bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = load(b + size_t(j) * Kp + c0 + v * W);
+    for (int r = 0; r < R; ++r) {
+      vf x = splat(p[size_t(r) * Lp + j]);
+      for (int v = 0; v < NV; ++v) acc[r][v] += x * bv[v];
     }
-    for (int r = 0; r < 4; ++r)
-      for (int v = 0; v < NV; ++v) store(o + size_t(r0 + r) * Kp + c0 + v * W, acc[r][v]);
   }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) store(o + size_t(r) * Kp + c0 + v * W, acc[r][v]);
 }
 
 // o = p b for R rows of p ([., Lp], first L columns) and b [Lp, Kp]: o [R, Kp].
 void rows_times_rows(const float* p, const float* b, int L, int Lp, int Kp, float* o) {
   int c0 = 0;
-  for (; c0 + 4 * W <= Kp; c0 += 4 * W) rows_times_rows_part<4>(p, b, L, Lp, Kp, c0, o);
-  switch ((Kp - c0) / W) {
-    case 3: rows_times_rows_part<3>(p, b, L, Lp, Kp, c0, o); break;
-    case 2: rows_times_rows_part<2>(p, b, L, Lp, Kp, c0, o); break;
-    case 1: rows_times_rows_part<1>(p, b, L, Lp, Kp, c0, o); break;
-  }
+  for (; c0 + 2 * W <= Kp; c0 += 2 * W) rows_times_rows_part<2>(p, b, L, Lp, Kp, c0, o);
+  if (c0 < Kp) rows_times_rows_part<1>(p, b, L, Lp, Kp, c0, o);
 }
 
 // acc[j, c0 : c0 + NV W] += sum_r g[r, j] * a[r, c0 : ...] for NJ rows j from j0.
@@ -183,19 +182,15 @@ inline void cols_times_rows_part(const float* g, const float* a, int rows, int L
 template <int NV>
 void cols_times_rows_cols(const float* g, const float* a, int rows, int L, int Lp, int Kp, int c0, float* acc) {
   int j0 = 0;
-  for (; j0 + 4 <= L; j0 += 4) cols_times_rows_part<NV, 4>(g, a, rows, Lp, Kp, c0, j0, acc);
+  for (; j0 + R <= L; j0 += R) cols_times_rows_part<NV, R>(g, a, rows, Lp, Kp, c0, j0, acc);
   for (; j0 < L; ++j0) cols_times_rows_part<NV, 1>(g, a, rows, Lp, Kp, c0, j0, acc);
 }
 
 // acc[j, :] += sum_r g[r, j] * a[r, :] for the first `rows` rows; g [., Lp], a [., Kp], acc [Lp, Kp].
 void cols_times_rows_acc(const float* g, const float* a, int rows, int L, int Lp, int Kp, float* acc) {
   int c0 = 0;
-  for (; c0 + 4 * W <= Kp; c0 += 4 * W) cols_times_rows_cols<4>(g, a, rows, L, Lp, Kp, c0, acc);
-  switch ((Kp - c0) / W) {
-    case 3: cols_times_rows_cols<3>(g, a, rows, L, Lp, Kp, c0, acc); break;
-    case 2: cols_times_rows_cols<2>(g, a, rows, L, Lp, Kp, c0, acc); break;
-    case 1: cols_times_rows_cols<1>(g, a, rows, L, Lp, Kp, c0, acc); break;
-  }
+  for (; c0 + 2 * W <= Kp; c0 += 2 * W) cols_times_rows_cols<2>(g, a, rows, L, Lp, Kp, c0, acc);
+  if (c0 < Kp) cols_times_rows_cols<1>(g, a, rows, L, Lp, Kp, c0, acc);
 }
 
 // The largest of row[0 : L].
