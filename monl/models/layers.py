@@ -25,71 +25,14 @@ BLM = ("batch", "length", "act_mlp")
 BCE = ("batch", "cells_act", "act_embed")
 
 
-def target_platform() -> str:
-  """The platform being compiled for: the context mesh's devices (`jax.set_mesh`; in `plan` these are
-  an ahead-of-time TPU topology on a CPU host), else the default backend."""
-  mesh = jax.sharding.get_abstract_mesh()
-  device = None if mesh.empty else mesh.abstract_device
-  return device.platform if device is not None else jax.default_backend()
-
-
 def dense(features: int, axes: tuple[str, str], *, dtype, param_dtype, zero_init: bool = False,
           name: str | None = None) -> nn.Dense:
-  """nn.Dense whose kernel and bias carry logical axis names (its product: `dense_dot_general`)."""
+  """nn.Dense whose kernel and bias carry logical axis names."""
   kernel_init = nn.initializers.zeros if zero_init else nn.initializers.xavier_uniform()
   return nn.Dense(
-      features, dtype=dtype, param_dtype=param_dtype, name=name, dot_general=dense_dot_general,
+      features, dtype=dtype, param_dtype=param_dtype, name=name,
       kernel_init=nn.with_logical_partitioning(kernel_init, axes),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)))
-
-
-def _transposed(x: jax.Array) -> jax.Array:
-  """x [..., M, N] -> [..., N, M], materialised: the barrier keeps XLA from folding the transpose back
-  into the consuming dot's dimension numbers (which would send that dot to the slower Eigen path)."""
-  return jax.lax.optimization_barrier(jnp.swapaxes(x, -1, -2))
-
-
-@jax.custom_vjp
-def cpu_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-  """x [N, I] @ w [I, O] -> [N, O], with a weight gradient that XLA:CPU runs through YNNPACK.
-
-  JAX writes dW = x^T dy as a dot contracting both operands' first axis, which XLA:CPU leaves to its
-  slower Eigen path (YNNPACK wants the left operand contracting its last axis: see `cpu_attention`).
-  Here the smaller of x, dy is transposed explicitly first (mid-size train step: PERF_LOG section 13).
-  """
-  return x @ w
-
-
-def _cpu_matmul_fwd(x, w):
-  return x @ w, (x, w)
-
-
-def _cpu_matmul_bwd(res, dy):
-  x, w = res
-  if x.shape[1] <= dy.shape[1]:
-    dw = _transposed(x) @ dy
-  else:  # dW^T = dy^T x, then transpose the small [O, I] result
-    dw = jnp.swapaxes(jax.lax.optimization_barrier(_transposed(dy) @ x), 0, 1)
-  return dy @ w.T, dw.astype(w.dtype)
-
-
-cpu_matmul.defvjp(_cpu_matmul_fwd, _cpu_matmul_bwd)
-
-
-def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-  """`lax.dot_general` for nn.Dense: on CPU a [..., I] x [I, O] product is `cpu_matmul`."""
-  (lc, rc), (lb, rb) = dimension_numbers
-  plain = (target_platform() != "cpu" or lb or rb or rhs.ndim != 2 or tuple(lc) != (lhs.ndim - 1,)
-           or tuple(rc) != (0,) or precision is not None or preferred_element_type is not None)
-  if plain:
-    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                               preferred_element_type=preferred_element_type)
-  return cpu_matmul(lhs.reshape(-1, lhs.shape[-1]), rhs).reshape(*lhs.shape[:-1], rhs.shape[1])
-
-
-def project(x: jax.Array, w: jax.Array) -> jax.Array:
-  """x [..., I] @ w [I, O] -> [..., O] (`dense_dot_general`)."""
-  return dense_dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
 
 
 def sinusoidal(positions: np.ndarray, dim: int, max_period: float = 10000.0) -> np.ndarray:
@@ -184,6 +127,14 @@ def time_offset_buckets(times: np.ndarray, modality: np.ndarray, unit: float, ra
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "dot_product", "splash", "cpu_kernel", "auto")
 SPLASH_LANES = 128  # splash blocks are multiples of the TPU's 128 lanes: L is padded up to one
+
+
+def attention_platform() -> str:
+  """The platform being compiled for: the context mesh's devices (`jax.set_mesh`; in `plan` these are
+  an ahead-of-time TPU topology on a CPU host), else the default backend."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh.empty else mesh.abstract_device
+  return device.platform if device is not None else jax.default_backend()
 
 
 def _splash_kernel(num_heads: int, length: int, interpret: bool):
@@ -283,6 +234,12 @@ def einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array |
   return jnp.einsum("bhqs,bhsk->bhqk", probs, v)
 
 
+def _transposed(x: jax.Array) -> jax.Array:
+  """x [..., M, N] -> [..., N, M], materialised: the barrier keeps XLA from folding the transpose back
+  into the consuming dot's dimension numbers (which would send that dot to the slower Eigen path)."""
+  return jax.lax.optimization_barrier(jnp.swapaxes(x, -1, -2))
+
+
 @jax.custom_vjp
 def cpu_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None = None) -> jax.Array:
   """`einsum_attention` with a hand-written backward whose products are all [b, M, K] x [b, K, N].
@@ -341,7 +298,7 @@ def resolve_attention(implementation: str, with_bias: bool) -> str:
   "auto": "splash" for TPU without a bias, "cpu_kernel" for CPU where it builds (else "xla", with a
   warning saying why), else "xla". "cpu_kernel" off CPU, or when it cannot be built, is an error.
   """
-  platform = target_platform()
+  platform = attention_platform()
   if implementation == "auto":
     if platform == "tpu" and not with_bias:
       return "splash"
@@ -376,7 +333,7 @@ def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str,
   "auto": "splash" when compiling for TPU (without a bias), "cpu_kernel" for CPU when it builds (else
     "xla", with a warning saying why), else "xla".
   """
-  platform = target_platform()
+  platform = attention_platform()
   implementation = resolve_attention(implementation, bias is not None)
   if implementation == "cpu_kernel":  # (the Attention module calls it on its packed projection directly)
     qkv = jnp.stack([jnp.swapaxes(x, 1, 2) for x in (q, k, v)], axis=2)
@@ -437,11 +394,10 @@ class Attention(nn.Module):
     if resolve_attention(self.implementation, bias is not None) == "cpu_kernel":
       # The kernel reads q, k, v where one [B L, D] x [D, 3 H K] product writes them and writes its output
       # as the out projection reads it: no head transposes (mid-size step: PERF_LOG section 12).
-      b, l, _ = x.shape
-      w = jnp.moveaxis(w_qkv.astype(self.dtype), 1, 0).reshape(d, -1)  # [D, 3 H K]
-      qkv = nn.with_logical_constraint(project(x, w).reshape(b, l, 3, self.num_heads, hd), BL3HK)
+      w = jnp.moveaxis(w_qkv.astype(self.dtype), 1, 0)  # [D, 3, H, K]
+      qkv = nn.with_logical_constraint(jnp.einsum("bld,dthk->blthk", x, w), BL3HK)
       out = nn.with_logical_constraint(packed_cpu_attention(qkv, bias), BLHK)
-      y = project(out.reshape(b, l, d), w_out.astype(self.dtype).reshape(d, d)) + b_out.astype(self.dtype)
+      y = jnp.einsum("blhk,hkd->bld", out, w_out.astype(self.dtype)) + b_out.astype(self.dtype)
       return nn.with_logical_constraint(y, BLE)
     # Three projections rather than one "bld,tdhk->tbhlk": their gradients then feed the input and
     # weight gradients without first being stacked and transposed as one [3, B, H, L, K] array.
