@@ -14,7 +14,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ["train_step", "sampling", "compile_memory", "train_vs_torch", "torch_twin", "reference_dit",
-           "solver_steps", "guidance_selfcond", "scaling", "attention_cpu"]
+           "solver_steps", "guidance_selfcond", "scaling", "attention_cpu", "profile_step"]
 
 
 def test_scripts_import_and_parse():
