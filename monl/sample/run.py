@@ -81,13 +81,14 @@ def restore(config, workdir: str, model):
   directory = epath.Path(workdir) / "checkpoints"
   # config: the checkpoint's recorded layout and shapes are compared with this config's (and refused)
   ckpt = ckpt_lib.Checkpointer(directory, keep=config.ckpt.keep, async_save=False, config=config)
-  step = ckpt.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint under {directory}: train first "
-                            f"(python -m monl.main train --config ... --workdir {workdir})")
-  state = ckpt.restore(step, factory.abstract)
-  ckpt.close()
-  return obj, state, step
+  try:  # closed on a failed restore too: an open manager's threads outlive the error
+    step = ckpt.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint under {directory}: train first "
+                              f"(python -m monl.main train --config ... --workdir {workdir})")
+    return obj, ckpt.restore(step, factory.abstract), step
+  finally:
+    ckpt.close()
 
 
 class Generator:
