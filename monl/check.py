@@ -48,18 +48,17 @@ def _checkpoints(workdir: epath.Path, config, model, say) -> list[str]:
   obj = step_lib.Objective.from_config(config, model)
   factory = loop.StateFactory(config, obj, step_lib.make_optimizer(config.train),
                               mesh_lib.make_mesh(config.mesh), rules_lib.get_rules(config.mesh.rules))
-  ckpt = ckpt_lib.Checkpointer(directory, async_save=False, config=config)
   problems = []
-  steps = ckpt.all_steps()
-  if not steps:
-    problems.append(f"{directory}: no complete checkpoint")
-  for step in steps:
-    try:
-      ckpt.verify(step, factory.abstract)
-      say(f"  checkpoint {step}: complete, layout and shapes match, checksums verified")
-    except ckpt_lib.CheckpointError as e:
-      problems.append(f"checkpoint {step}: {e}")
-  ckpt.close()
+  with ckpt_lib.Checkpointer(directory, async_save=False, config=config) as ckpt:
+    steps = ckpt.all_steps()
+    if not steps:
+      problems.append(f"{directory}: no complete checkpoint")
+    for step in steps:
+      try:
+        ckpt.verify(step, factory.abstract)
+        say(f"  checkpoint {step}: complete, layout and shapes match, checksums verified")
+      except ckpt_lib.CheckpointError as e:
+        problems.append(f"checkpoint {step}: {e}")
   return problems
 
 

@@ -168,16 +168,16 @@ def run(config, workdir: str, num: int = 128, which: str = "all", seed: int = 0,
   tokens = gen.layout.patchify({m: jnp.asarray(v) for m, v in gen.normalize(clips).items()})
   factory = loop.StateFactory(config, gen.obj, step_lib.make_optimizer(config.train),
                               mesh_lib.make_mesh(config.mesh), rules_lib.get_rules(config.mesh.rules))
-  ckpt = ckpt_lib.Checkpointer(epath.Path(workdir) / "checkpoints", keep=10**6, async_save=False, config=config)
-  steps = sorted(ckpt.manager.all_steps()) if which == "all" else [ckpt.latest_step()]
   results = {}
-  for s in steps:
-    state = ckpt.restore(s, factory.abstract)
-    params = state.ema_params if config.sample.use_ema else state.params
-    results[s] = measure(gen.obj, params, tokens, jax.random.key(seed), levels=tuple(levels),
-                         continue_segments=config.sample.continue_segments)
-    print(f"step {s}: " + ", ".join(f"{k} {v:.3f}" for k, v in summarize(results[s]).items()), flush=True)
-  ckpt.close()
+  with ckpt_lib.Checkpointer(epath.Path(workdir) / "checkpoints", keep=10**6, async_save=False,
+                             config=config) as ckpt:
+    steps = sorted(ckpt.manager.all_steps()) if which == "all" else [ckpt.latest_step()]
+    for s in steps:
+      state = ckpt.restore(s, factory.abstract)
+      params = state.ema_params if config.sample.use_ema else state.params
+      results[s] = measure(gen.obj, params, tokens, jax.random.key(seed), levels=tuple(levels),
+                           continue_segments=config.sample.continue_segments)
+      print(f"step {s}: " + ", ".join(f"{k} {v:.3f}" for k, v in summarize(results[s]).items()), flush=True)
   out = epath.Path(workdir) / "diagnose"
   out.mkdir(parents=True, exist_ok=True)
   (out / "diagnose.json").write_text(json.dumps(

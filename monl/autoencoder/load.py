@@ -169,20 +169,16 @@ def load(run_dir: str | epath.Path, *, use_ema: bool | None = None, batch_size: 
   rules = rules_lib.get_rules(config.mesh.rules)
   factory = ae_train.StateFactory(config, model, ae_train.make_optimizer(config.train), mesh, rules)
   directory = epath.Path(run_dir) / "checkpoints"
-  ckpt = ckpt_lib.Checkpointer(directory, keep=config.ckpt.keep, async_save=False, config=config)
-  latest = ckpt.latest_step()
-  if latest is None:
-    ckpt.close()
-    raise FileNotFoundError(f"no checkpoint under {directory}: train it first (python -m monl.main "
-                            f"train_autoencoder --config ... --workdir {run_dir})")
-  if step is not None and int(step) not in ckpt.all_steps():
-    steps = ckpt.all_steps()
-    ckpt.close()
-    raise FileNotFoundError(f"{directory} has no checkpoint step {step} (it has {sorted(steps)}; "
-                            f"config.ckpt.keep={config.ckpt.keep} may have deleted it)")
-  step = latest if step is None else int(step)
-  state = ckpt.restore(step, factory.abstract)
-  ckpt.close()
+  with ckpt_lib.Checkpointer(directory, keep=config.ckpt.keep, async_save=False, config=config) as ckpt:
+    latest = ckpt.latest_step()
+    if latest is None:
+      raise FileNotFoundError(f"no checkpoint under {directory}: train it first (python -m monl.main "
+                              f"train_autoencoder --config ... --workdir {run_dir})")
+    if step is not None and int(step) not in ckpt.all_steps():
+      raise FileNotFoundError(f"{directory} has no checkpoint step {step} (it has {sorted(ckpt.all_steps())}; "
+                              f"config.ckpt.keep={config.ckpt.keep} may have deleted it)")
+    step = latest if step is None else int(step)
+    state = ckpt.restore(step, factory.abstract)
   ema = config.eval.use_ema if use_ema is None else use_ema
   bs = -(-batch_size // jax.device_count()) * jax.device_count()
   return Codec(run_dir=str(run_dir), step=int(step), config=config, model=model,

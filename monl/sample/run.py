@@ -80,15 +80,12 @@ def restore(config, workdir: str, model):
                               mesh_lib.make_mesh(config.mesh), rules_lib.get_rules(config.mesh.rules))
   directory = epath.Path(workdir) / "checkpoints"
   # config: the checkpoint's recorded layout and shapes are compared with this config's (and refused)
-  ckpt = ckpt_lib.Checkpointer(directory, keep=config.ckpt.keep, async_save=False, config=config)
-  try:  # closed on a failed restore too: an open manager's threads outlive the error
+  with ckpt_lib.Checkpointer(directory, keep=config.ckpt.keep, async_save=False, config=config) as ckpt:
     step = ckpt.latest_step()
     if step is None:
       raise FileNotFoundError(f"no checkpoint under {directory}: train first "
                               f"(python -m monl.main train --config ... --workdir {workdir})")
     return obj, ckpt.restore(step, factory.abstract), step
-  finally:
-    ckpt.close()
 
 
 class Generator:

@@ -169,6 +169,12 @@ class Checkpointer:
     self.manager.wait_until_finished()
     self.manager.close()
 
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc) -> None:  # closed on an error too: an open manager's threads outlive it
+    self.close()
+
   # -- verification ---------------------------------------------------------------------------------
 
   def _restore_verified(self, step: int, abstract_state, data_iterator, *, quiet: bool):
