@@ -107,7 +107,7 @@ def test_an_unwritable_cache_names_the_directory(tmp_path, monkeypatch):
 
 
 def test_cpu_kernel_off_cpu_is_a_config_error(monkeypatch):
-  monkeypatch.setattr(layers, "attention_platform", lambda: "gpu")
+  monkeypatch.setattr(layers, "target_platform", lambda: "gpu")
   q = jnp.zeros((1, 1, 8, 8))
   with pytest.raises(ValueError, match=r"config\.model\.attention='cpu_kernel' runs on CPU only; compiling for gpu"):
     layers.dot_attention(q, q, q, "cpu_kernel")

@@ -26,7 +26,7 @@ def _loss_and_grads(impl, q, k, v, w):
 def test_padded_splash_in_interpreter_matches_xla():
   # L = 300 is no multiple of the 128-token blocks: padded to 384 (3 x 3 blocks), padding masked off.
   q, k, v, w = jax.random.normal(jax.random.key(0), (4, 2, 2, 300, 32))
-  assert layers.attention_platform() == "cpu"  # so "splash" runs the kernel in the Pallas interpreter
+  assert layers.target_platform() == "cpu"  # so "splash" runs the kernel in the Pallas interpreter
   ref_loss, ref_grads = _loss_and_grads("xla", q, k, v, w)
   loss, grads = _loss_and_grads("splash", q, k, v, w)
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)

@@ -166,6 +166,51 @@ def test_xla_attention_on_cpu_keeps_every_product_on_ynnpack():
   assert entry_dots(layers.einsum_attention) > 0  # the check can fail: the einsums do leave dots there
 
 
+@pytest.mark.parametrize("n_in,n_out", [(24, 40), (40, 24)])
+def test_cpu_matmul_matches_the_product_and_its_gradients(n_in, n_out):
+  kx, kw, kg = jax.random.split(jax.random.key(2), 3)
+  x, w = jax.random.normal(kx, (150, n_in)), jax.random.normal(kw, (n_in, n_out))
+  g = jax.random.normal(kg, (150, n_out))
+
+  def grads(product):
+    return jax.jit(jax.grad(lambda x, w: jnp.sum(product(x, w) * g), argnums=(0, 1)))(x, w)
+
+  np.testing.assert_allclose(layers.cpu_matmul(x, w), x @ w, rtol=1e-5, atol=1e-5)
+  for name, a, b in zip("xw", grads(layers.cpu_matmul), grads(lambda x, w: x @ w)):
+    assert float(jnp.abs(b).max()) > 1e-3, name
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4, err_msg=name)
+  low = jax.grad(lambda x, w: jnp.sum(layers.cpu_matmul(x, w).astype(jnp.float32)), argnums=(0, 1))(
+      x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+  assert all(a.dtype == jnp.bfloat16 for a in low)
+
+
+@pytest.mark.parametrize("length", [512, 100])  # 2 x 512 rows: cpu_matmul; 2 x 100: JAX's own product
+def test_dense_layers_on_cpu_keep_large_weight_gradients_on_ynnpack(length):
+  """On CPU, nn.Dense's weight gradient x^T dy would be an Eigen dot (both operands contract their
+  first axis); over `CPU_MATMUL_MIN_ROWS` rows `layers.dense` computes it through `cpu_matmul`, and no
+  dot is left outside YNNPACK. Below that it keeps JAX's product (the transposes would cost more)."""
+  mlp = layers.Mlp(hidden=64, dtype=jnp.float32, param_dtype=jnp.float32)
+  x = jax.random.normal(jax.random.key(0), (2, length, 32))
+  params = mlp.init(jax.random.key(1), x)
+
+  def entry_dots(apply):
+    grad = jax.grad(lambda p, x: jnp.sum(apply(p, x) ** 2), argnums=(0, 1))
+    hlo = jax.jit(grad).lower(params, x).compile().as_text()
+    return sum(" dot(" in line for line in hlo.split("\nENTRY")[1].splitlines())
+
+  def plain(p, x):  # the same MLP with JAX's own gradient of the products
+    fc1, fc2 = p["params"]["fc1"], p["params"]["fc2"]
+    h = jax.nn.gelu(x @ fc1["kernel"].value + fc1["bias"].value, approximate=True)
+    return h @ fc2["kernel"].value + fc2["bias"].value
+
+  np.testing.assert_allclose(mlp.apply(params, x), plain(params, x), rtol=1e-5, atol=1e-5)
+  assert entry_dots(plain) > 0  # the check can fail: JAX's weight gradients are left to Eigen
+  if 2 * length >= layers.CPU_MATMUL_MIN_ROWS:
+    assert entry_dots(mlp.apply) == 0
+  else:
+    assert entry_dots(mlp.apply) == entry_dots(plain)
+
+
 def test_remat_and_scan_give_same_output():
   base, lay = _setup()
   tokens, t = _inputs(lay)

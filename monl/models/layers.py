@@ -25,14 +25,79 @@ BLM = ("batch", "length", "act_mlp")
 BCE = ("batch", "cells_act", "act_embed")
 
 
+def target_platform() -> str:
+  """The platform being compiled for: the context mesh's devices (`jax.set_mesh`; in `plan` these are
+  an ahead-of-time TPU topology on a CPU host), else the default backend."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh.empty else mesh.abstract_device
+  return device.platform if device is not None else jax.default_backend()
+
+
 def dense(features: int, axes: tuple[str, str], *, dtype, param_dtype, zero_init: bool = False,
           name: str | None = None) -> nn.Dense:
-  """nn.Dense whose kernel and bias carry logical axis names."""
+  """nn.Dense whose kernel and bias carry logical axis names (its product: `dense_dot_general`)."""
   kernel_init = nn.initializers.zeros if zero_init else nn.initializers.xavier_uniform()
   return nn.Dense(
-      features, dtype=dtype, param_dtype=param_dtype, name=name,
+      features, dtype=dtype, param_dtype=param_dtype, name=name, dot_general=dense_dot_general,
       kernel_init=nn.with_logical_partitioning(kernel_init, axes),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)))
+
+
+def _transposed(x: jax.Array) -> jax.Array:
+  """x [..., M, N] -> [..., N, M], materialised: the barrier keeps XLA from folding the transpose back
+  into the consuming dot's dimension numbers (which would send that dot to the slower Eigen path)."""
+  return jax.lax.optimization_barrier(jnp.swapaxes(x, -1, -2))
+
+
+# Rows (tokens) from which `cpu_matmul` pays for its two transposes: its cost is ~N I O flops saved against
+# N O + I O floats moved, so it pays for large N only (default config, N <= 384: no gain; mid-size, N =
+# 1024 ... 8192: 4-9 % of the step; PERF_LOG section 14).
+CPU_MATMUL_MIN_ROWS = 1024
+
+
+@jax.custom_vjp
+def cpu_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+  """x [N, I] @ w [I, O] -> [N, O], with a weight gradient that XLA:CPU runs through YNNPACK.
+
+  JAX writes dW = x^T dy as a dot contracting both operands' first axis. XLA:CPU lays that out as
+  x^T (dy^T)^T and leaves it to Eigen, at 60-75 % of YNNPACK's rate. Here dW^T = dy^T x is a plain
+  [O, N] x [N, I] product on an explicitly transposed dy (a gradient XLA materialises anyway; x, the
+  layer-normed input, would be recomputed inside the transpose), and the small [O, I] result is
+  transposed back.
+  """
+  return x @ w
+
+
+def _cpu_matmul_fwd(x, w):
+  return x @ w, (x, w)
+
+
+def _cpu_matmul_bwd(res, dy):
+  x, w = res
+  dw_t = jax.lax.optimization_barrier(_transposed(dy) @ x)
+  return dy @ w.T, jnp.swapaxes(dw_t, 0, 1).astype(w.dtype)
+
+
+cpu_matmul.defvjp(_cpu_matmul_fwd, _cpu_matmul_bwd)
+
+
+def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+  """`lax.dot_general` for nn.Dense: on CPU, a [..., I] x [I, O] product over at least
+  `CPU_MATMUL_MIN_ROWS` rows is `cpu_matmul`."""
+  (lc, rc), (lb, rb) = dimension_numbers
+  rows = math.prod(lhs.shape[:-1])
+  plain = (target_platform() != "cpu" or lb or rb or rhs.ndim != 2 or tuple(lc) != (lhs.ndim - 1,)
+           or tuple(rc) != (0,) or precision is not None or preferred_element_type is not None
+           or rows < CPU_MATMUL_MIN_ROWS)
+  if plain:
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=preferred_element_type)
+  return cpu_matmul(lhs.reshape(rows, lhs.shape[-1]), rhs).reshape(*lhs.shape[:-1], rhs.shape[1])
+
+
+def project(x: jax.Array, w: jax.Array) -> jax.Array:
+  """x [..., I] @ w [I, O] -> [..., O] (`dense_dot_general`)."""
+  return dense_dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
 
 
 def sinusoidal(positions: np.ndarray, dim: int, max_period: float = 10000.0) -> np.ndarray:
@@ -127,14 +192,6 @@ def time_offset_buckets(times: np.ndarray, modality: np.ndarray, unit: float, ra
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "dot_product", "splash", "cpu_kernel", "auto")
 SPLASH_LANES = 128  # splash blocks are multiples of the TPU's 128 lanes: L is padded up to one
-
-
-def attention_platform() -> str:
-  """The platform being compiled for: the context mesh's devices (`jax.set_mesh`; in `plan` these are
-  an ahead-of-time TPU topology on a CPU host), else the default backend."""
-  mesh = jax.sharding.get_abstract_mesh()
-  device = None if mesh.empty else mesh.abstract_device
-  return device.platform if device is not None else jax.default_backend()
 
 
 def _splash_kernel(num_heads: int, length: int, interpret: bool):
@@ -234,12 +291,6 @@ def einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array |
   return jnp.einsum("bhqs,bhsk->bhqk", probs, v)
 
 
-def _transposed(x: jax.Array) -> jax.Array:
-  """x [..., M, N] -> [..., N, M], materialised: the barrier keeps XLA from folding the transpose back
-  into the consuming dot's dimension numbers (which would send that dot to the slower Eigen path)."""
-  return jax.lax.optimization_barrier(jnp.swapaxes(x, -1, -2))
-
-
 @jax.custom_vjp
 def cpu_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None = None) -> jax.Array:
   """`einsum_attention` with a hand-written backward whose products are all [b, M, K] x [b, K, N].
@@ -298,7 +349,7 @@ def resolve_attention(implementation: str, with_bias: bool) -> str:
   "auto": "splash" for TPU without a bias, "cpu_kernel" for CPU where it builds (else "xla", with a
   warning saying why), else "xla". "cpu_kernel" off CPU, or when it cannot be built, is an error.
   """
-  platform = attention_platform()
+  platform = target_platform()
   if implementation == "auto":
     if platform == "tpu" and not with_bias:
       return "splash"
@@ -333,7 +384,7 @@ def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str,
   "auto": "splash" when compiling for TPU (without a bias), "cpu_kernel" for CPU when it builds (else
     "xla", with a warning saying why), else "xla".
   """
-  platform = attention_platform()
+  platform = target_platform()
   implementation = resolve_attention(implementation, bias is not None)
   if implementation == "cpu_kernel":  # (the Attention module calls it on its packed projection directly)
     qkv = jnp.stack([jnp.swapaxes(x, 1, 2) for x in (q, k, v)], axis=2)
@@ -394,10 +445,11 @@ class Attention(nn.Module):
     if resolve_attention(self.implementation, bias is not None) == "cpu_kernel":
       # The kernel reads q, k, v where one [B L, D] x [D, 3 H K] product writes them and writes its output
       # as the out projection reads it: no head transposes (mid-size step: PERF_LOG section 12).
-      w = jnp.moveaxis(w_qkv.astype(self.dtype), 1, 0)  # [D, 3, H, K]
-      qkv = nn.with_logical_constraint(jnp.einsum("bld,dthk->blthk", x, w), BL3HK)
+      b, l, _ = x.shape
+      w = jnp.moveaxis(w_qkv.astype(self.dtype), 1, 0).reshape(d, -1)  # [D, 3 H K]
+      qkv = nn.with_logical_constraint(project(x, w).reshape(b, l, 3, self.num_heads, hd), BL3HK)
       out = nn.with_logical_constraint(packed_cpu_attention(qkv, bias), BLHK)
-      y = jnp.einsum("blhk,hkd->bld", out, w_out.astype(self.dtype)) + b_out.astype(self.dtype)
+      y = project(out.reshape(b, l, d), w_out.astype(self.dtype).reshape(d, d)) + b_out.astype(self.dtype)
       return nn.with_logical_constraint(y, BLE)
     # Three projections rather than one "bld,tdhk->tbhlk": their gradients then feed the input and
     # weight gradients without first being stacked and transposed as one [3, B, H, L, K] array.
