@@ -29,7 +29,9 @@ import time
 import common
 from train_step import apply_overrides, parse_overrides
 
-_INSTRUCTION = re.compile(r"^\s+(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\(")
+# A result shape is one array type, or a tuple of them "(f32[..]{..}, f32[..]{..})" (the attention kernel's
+# forward call returns its output and log-sum-exp).
+_INSTRUCTION = re.compile(r"^\s+(?:ROOT )?%([\w.\-]+) = (\([^()]*\)|\S+) ([\w\-]+)\(")
 _COMPUTATION = re.compile(r"^%?([\w.\-]+) .*\{$")
 _SKIP_OPS = {"parameter", "constant", "bitcast", "broadcast", "get-tuple-element", "tuple"}
 

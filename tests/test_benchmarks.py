@@ -99,3 +99,22 @@ def test_guidance_selfcond_shared_variant_feeds_the_conditional_state_to_both_br
   assert np.asarray(out["video"]).ravel().tolist() == [0.0, 1.0, 0.0, 1.0]
   assert wrapped.eps(None, None, np.zeros((4, 2, 3)), None) is None
   assert wrapped.schedule == "kept"
+
+
+def test_profile_step_indexes_tuple_shaped_calls():
+  """The kernel's forward call returns (out, lse): its line must be indexed, or its time goes missing."""
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  try:
+    import profile_step
+  finally:
+    sys.path.pop(0)
+  hlo = ("ENTRY %main.1 (p: f32[8,512,3,6,64]) -> f32[8,512,6,64] {\n"
+         "  %p = f32[8,512,3,6,64]{4,3,2,1,0} parameter(0)\n"
+         "  %ffi_call.60 = (f32[8,512,6,64]{3,2,1,0}, f32[8,6,512]{2,1,0}) custom-call(%p), "
+         'custom_call_target="monl_attention_fwd", metadata={op_name="jit(step)/jvp(AVDiT)/block_4/attn/ffi_call"}\n'
+         "  ROOT %gte = f32[8,512,6,64]{3,2,1,0} get-tuple-element(%ffi_call.60), index=0\n}\n")
+  lines, bodies = profile_step.hlo_index(hlo)
+  assert set(lines) == {"p", "ffi_call.60", "gte"}
+  assert profile_step.describe(lines["ffi_call.60"], bodies) == {
+      "kind": "ffi call", "op": "jvp(AVDiT)/block_N/attn/ffi_call",
+      "shape": "(f32[8,512,6,64]{3,2,1,0}, f32[8,6,512]{2,1,0})", "ops": ""}
