@@ -95,11 +95,18 @@ struct Head {
     dst.assign(size_t(Lr) * Kp, 0.0f);
     for (int i = 0; i < L; ++i) std::memcpy(&dst[size_t(i) * Kp], src + i * stride, K * sizeof(float));
   }
-  // rows [L, K] (row i at src + i * stride) -> [Kp, Lp] zero padded
+  // rows [L, K] (row i at src + i * stride) -> [Kp, Lp] zero padded. In blocks of W rows, so that each
+  // destination row is written a cache line at a time: row by row, the K destination rows (Lp floats
+  // apart, a multiple of 2 KiB) fall into a few cache sets and evict each other on every store.
   static void cols(const float* src, int64_t stride, int L, int K, int Lp, int Kp, std::vector<float>& dst) {
     dst.assign(size_t(Kp) * Lp, 0.0f);
-    for (int i = 0; i < L; ++i)
-      for (int c = 0; c < K; ++c) dst[size_t(c) * Lp + i] = src[i * stride + c];
+    for (int i0 = 0; i0 < L; i0 += W) {
+      const int n = std::min(W, L - i0);
+      for (int c = 0; c < K; ++c) {
+        float* d = &dst[size_t(c) * Lp + i0];
+        for (int i = 0; i < n; ++i) d[i] = src[(i0 + i) * stride + c];
+      }
+    }
   }
 };
 
