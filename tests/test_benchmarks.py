@@ -14,7 +14,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ["train_step", "sampling", "compile_memory", "train_vs_torch", "torch_twin", "reference_dit",
-           "solver_steps", "guidance_selfcond", "scaling", "attention_cpu", "profile_step"]
+           "solver_steps", "guidance_selfcond", "scaling", "attention_cpu", "profile_step", "ab_step"]
 
 
 def test_scripts_import_and_parse():
@@ -118,3 +118,26 @@ def test_profile_step_indexes_tuple_shaped_calls():
   assert profile_step.describe(lines["ffi_call.60"], bodies) == {
       "kind": "ffi call", "op": "jvp(AVDiT)/block_N/attn/ffi_call",
       "shape": "(f32[8,512,6,64]{3,2,1,0}, f32[8,6,512]{2,1,0})", "ops": ""}
+
+
+def test_ab_step_variants_parse_and_patch_only_existing_attributes():
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  try:
+    import ab_step
+  finally:
+    sys.path.pop(0)
+  assert ab_step.parse_variant("base:") == ("base", [])
+  assert ab_step.parse_variant("v:monl.models.layers.CPU_MATMUL_MIN_ROWS=1e18,monl.models.layers.X=xla") == (
+      "v", [("monl.models.layers", "CPU_MATMUL_MIN_ROWS", 1e18), ("monl.models.layers", "X", "xla")])
+  for bad in ("base", ":a.b=1", "v:a.b", "v:nodot=1"):
+    with pytest.raises(ValueError, match="--variant"):
+      ab_step.parse_variant(bad)
+  from monl.models import layers
+  before = layers.CPU_MATMUL_MIN_ROWS
+  with ab_step.patched([("monl.models.layers", "CPU_MATMUL_MIN_ROWS", 7)]):
+    assert layers.CPU_MATMUL_MIN_ROWS == 7
+  assert layers.CPU_MATMUL_MIN_ROWS == before
+  with pytest.raises(AttributeError, match="CPU_MATMUL_MIN_ROW"):
+    with ab_step.patched([("monl.models.layers", "CPU_MATMUL_MIN_ROWS", 7), ("monl.models.layers", "CPU_MATMUL_MIN_ROW", 1)]):
+      pass
+  assert layers.CPU_MATMUL_MIN_ROWS == before  # restored after the failed patch too
