@@ -63,13 +63,7 @@ def compile_variant(config, batch: int | None, sets):
   s = common.Setup(config, batch_size=batch)
   with patched(sets):
     compiled = s.step_fn().lower(s.init_state(), s.batch, s.key).compile()
-  holder = [s.init_state()]
-
-  def run():
-    holder[0], metrics = compiled(holder[0], s.batch, s.key)
-    return metrics["loss"]
-
-  return s, run
+  return s, s.stepper(compiled)
 
 
 def main(argv=None):

@@ -283,6 +283,11 @@ class Setup:
     f = functools.partial(step_lib.train_step, obj=self.obj, tx=self.tx, ema=self.config.train.ema_decay)
     return jax.jit(f, donate_argnums=0 if donate else ())
 
+  def stepper(self, compiled, state=None) -> "Stepper":
+    """Runs `compiled` (this setup's step, lowered and compiled) on the random batch, carrying the
+    donated state from call to call (default: a fresh `init_state()`)."""
+    return Stepper(compiled, self.init_state() if state is None else state, self.batch, self.key)
+
   def random_tokens_and_levels(self, batch_size: int | None = None, seed: int = 0):
     import jax.numpy as jnp
     import numpy as np
@@ -293,6 +298,17 @@ class Setup:
     t = jnp.asarray(rng.integers(1, 1000, (b, self.layout.num_modalities, self.layout.num_segments)),
                     jnp.int32)
     return tokens, t
+
+
+class Stepper:
+  """One call = one train step; returns its loss. `.state` is the state after the last call."""
+
+  def __init__(self, compiled, state, batch, key):
+    self.compiled, self.state, self.batch, self.key = compiled, state, batch, key
+
+  def __call__(self):
+    self.state, metrics = self.compiled(self.state, self.batch, self.key)
+    return metrics["loss"]
 
 
 # ----------------------------------------------------------------------------------------- output

@@ -63,13 +63,7 @@ def train_point(frames: int, args) -> dict:
   from monl import plan
   mem = compiled.memory_analysis()
   planned = plan.peak_bytes(mem) / 2**30
-  holder = [state]
-
-  def step():
-    holder[0], metrics = compiled(holder[0], s.batch, s.key)
-    return metrics["loss"]
-
-  t = common.median(common.time_calls(step, warmup=args.warmup, iters=args.iters))
+  t = common.median(common.time_calls(s.stepper(compiled, state), warmup=args.warmup, iters=args.iters))
   return {"frames": frames, "tokens": s.tokens_per_example, "batch": s.batch_size, "step_s": t,
           "tokens_per_s": s.batch_size * s.tokens_per_example / t, "xla_planned_gib": planned,
           "xla_temp_gib": mem.temp_size_in_bytes / 2**30, "peak_rss_gib": peak_rss_gib(),

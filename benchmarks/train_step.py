@@ -47,14 +47,9 @@ def bench_config(name: str, args, overrides) -> dict:
   compile_s = time.perf_counter() - t0
   flops = common.step_flops(s)  # layers unrolled: see common.step_flops
 
-  holder = [state]
-
-  def run():
-    holder[0], metrics = compiled(holder[0], s.batch, s.key)
-    return metrics["loss"]
-
+  run = s.stepper(compiled, state)
   times = common.time_calls(run, warmup=args.warmup, iters=args.iters)
-  jax.block_until_ready(holder[0])
+  jax.block_until_ready(run.state)
   t = common.median(times)
   return {"config": name, "params": s.num_params(), "batch": s.batch_size,
           "tokens": s.tokens_per_example, "step_s": t, "step_s_all": times,

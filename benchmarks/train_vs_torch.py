@@ -62,11 +62,7 @@ def main(argv=None):
   state = s.init_state()
   compiled = s.step_fn().lower(state, s.batch, s.key).compile()
   flops = common.step_flops(s)  # layers unrolled: see common.step_flops
-  holder = [state]
-
-  def jax_step():
-    holder[0], metrics = compiled(holder[0], s.batch, s.key)
-    return metrics["loss"]
+  jax_step = s.stepper(compiled, state)
 
   cpu = {"jax": [0.0, 0.0], "torch": [0.0, 0.0]}
 
