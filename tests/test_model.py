@@ -103,6 +103,17 @@ def test_per_cell_values_reach_exactly_their_tokens():
   per_cell = jnp.arange(2 * lay.num_cells * 3, dtype=jnp.float32).reshape(2, lay.num_cells, 3)
   tok = np.asarray(layers.to_tokens(per_cell, lay.cell_of_token))
   np.testing.assert_array_equal(tok, np.asarray(per_cell)[:, lay.cell_of_token])
+  # Its backward sums each cell's tokens, whichever group (one broadcast) the cell's run is part of.
+  weights = jax.random.normal(jax.random.key(0), tok.shape)
+  grad = jax.grad(lambda pc: jnp.sum(layers.to_tokens(pc, lay.cell_of_token) * weights))(per_cell)
+  expected = np.stack([np.asarray(weights)[:, lay.cell_of_token == c].sum(1) for c in range(lay.num_cells)], 1)
+  np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cell_groups_join_equal_runs_of_consecutive_cells():
+  cells = np.array([0, 0, 1, 1, 2, 2, 3, 3, 3, 4, 4, 4, 0, 0, 6, 6])
+  assert layers.cell_groups(cells) == [(0, 3, 2), (3, 2, 3), (0, 1, 2), (6, 1, 2)]
+  assert layers.cell_groups(np.array([5, 5, 5])) == [(5, 1, 3)]
 
 
 def test_self_conditioning_input_is_used():

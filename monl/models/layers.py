@@ -152,16 +152,31 @@ def cell_runs(cell_of_token: np.ndarray) -> list[tuple[int, int]]:
   return [(int(cell_of_token[s]), int(n)) for s, n in zip(starts, lengths)]
 
 
+def cell_groups(cell_of_token: np.ndarray) -> list[tuple[int, int, int]]:
+  """Static [L] cell index per token -> [(first cell, cells, run length), ...]: maximal stretches of
+  runs that have the same length and consecutive cells (a modality's segments, in the usual layout)."""
+  groups = []
+  for c, n in cell_runs(cell_of_token):
+    if groups and groups[-1][2] == n and groups[-1][0] + groups[-1][1] == c:
+      groups[-1] = (groups[-1][0], groups[-1][1] + 1, n)
+    else:
+      groups.append((c, 1, n))
+  return groups
+
+
 def to_tokens(per_cell: jax.Array, cell_of_token: np.ndarray) -> jax.Array:
   """[B, C, D] per-cell values -> [B, L, D], each token getting its cell's row.
 
-  Written as a concatenation of per-cell broadcasts over the (few, static) runs of tokens that share
-  a cell, not as a gather: XLA fuses the broadcasts into their consumers, and the backward pass is a
-  sum over each run instead of a scatter-add (a few % of a CPU train step, benchmarks/PERF_LOG.md §6).
+  Written as a concatenation of broadcasts over the (few, static) runs of tokens that share a cell,
+  not as a gather: XLA fuses the broadcasts into their consumers, and the backward pass is a sum over
+  each run instead of a scatter-add (a few % of a CPU train step, benchmarks/PERF_LOG.md §6). Runs of
+  equal length and consecutive cells (`cell_groups`) are one [B, k, n, D] broadcast, so that the
+  backward is one reduction per group rather than one per cell (PERF_LOG §15).
   """
   b, _, d = per_cell.shape
-  return jnp.concatenate([jnp.broadcast_to(per_cell[:, c:c + 1], (b, n, d))
-                          for c, n in cell_runs(cell_of_token)], axis=1)
+  parts = [jnp.broadcast_to(per_cell[:, c:c + k, None], (b, k, n, d)).reshape(b, k * n, d)
+           for c, k, n in cell_groups(cell_of_token)]
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
 
 
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array, cell_of_token: np.ndarray) -> jax.Array:
