@@ -26,7 +26,9 @@ def _grads(fn, q, k, v, bias, g):
 # and a multiple of all; K: below, not a multiple of, and a multiple of the 16-float vector.
 @pytest.mark.parametrize("shape", [(2, 3, 5, 8), (1, 2, 37, 24), (2, 2, 64, 16), (1, 1, 130, 40)])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_kernel_matches_the_einsums_and_their_gradients(shape, with_bias):
+@pytest.mark.parametrize("keep_probs", [True, False])
+def test_kernel_matches_the_einsums_and_their_gradients(shape, with_bias, keep_probs, monkeypatch):
+  monkeypatch.setattr(attention_kernel, "KEEP_PROBS_MAX_BYTES", 1 << 40 if keep_probs else 0)
   ks = jax.random.split(jax.random.key(sum(shape)), 5)
   q, k, v, g = (2.0 * jax.random.normal(key, shape) for key in ks[:4])
   bias = jax.random.normal(ks[4], (shape[1], shape[2], shape[2])) if with_bias else None
@@ -66,11 +68,15 @@ def test_model_with_the_kernel_matches_the_model_with_xla(time_bias):
     np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
 
 
-def test_kernel_saves_no_probabilities_and_keeps_other_dtypes():
+def test_kernel_keeps_probabilities_only_within_its_budget_and_keeps_other_dtypes(monkeypatch):
   q = jax.random.normal(jax.random.key(0), (2, 2, 48, 16))
-  grad = jax.grad(lambda q: jnp.sum(kernel(q, q, q, None) ** 2))
-  hlo = jax.jit(grad).lower(q).compile().as_text()
-  assert "f32[2,2,48,48]" not in hlo  # the backward recomputes P from the log-sum-exp
+  size = 2 * 2 * 48 * 48 * 4  # bytes of the [B, H, L, L] probabilities
+  for budget, kept in ((size, True), (size - 1, False)):
+    monkeypatch.setattr(attention_kernel, "KEEP_PROBS_MAX_BYTES", budget)
+    grad = jax.grad(lambda q: jnp.sum(kernel(q, q, q, None) ** 2))  # a new function: traced afresh
+    hlo = jax.jit(grad).lower(q).compile().as_text()
+    # over budget the backward recomputes P from the log-sum-exp: no [B, H, L, L] array in the step
+    assert ("f32[2,2,48,48]" in hlo) == kept, budget
   low = q.astype(jnp.bfloat16)
   out = kernel(low, low, low, None)
   assert out.dtype == jnp.bfloat16

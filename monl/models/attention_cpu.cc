@@ -1,14 +1,16 @@
 // Fused self-attention for XLA:CPU (an XLA FFI custom call): softmax(q k^T * scale + bias) v and its
 // gradient, one (batch, head) at a time, eight query rows at a time, so that a row block's logits
 // (8 x L floats) stay in the L1/L2 cache instead of XLA's [B, H, L, L] round trips through memory.
-// The backward recomputes the probabilities from the saved log-sum-exp (as FlashAttention does).
+// The backward reads the probabilities where the caller kept them (the forward writes them, [B, H, L, L]),
+// else recomputes them from the saved log-sum-exp (as FlashAttention does).
 //
 // Built on first use by monl/models/attention_kernel.py (g++ -O3 -march=native); GCC vector extensions
 // (16 floats) compile to AVX-512, AVX2 or NEON as the host has them.
 //
 // Shapes (float32, row-major): qkv, dqkv [B, L, 3, H, K] (q, k, v packed as one projection writes them, so
-// that no head transposes are needed around the call); out, dout [B, L, H, K]; lse [B, H, L]; bias, dbias
-// [H, L, L] (the "Bias" handlers). Work items (one per batch and head) run on XLA's intra-op thread pool.
+// that no head transposes are needed around the call); out, dout [B, L, H, K]; lse [B, H, L]; probs
+// [B, H, L, L] or empty (not kept); bias, dbias [H, L, L] (the "Bias" handlers). Work items (one per batch
+// and head) run on XLA's intra-op thread pool.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -19,6 +21,10 @@
 #include <memory>
 #include <mutex>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "xla/ffi/api/ffi.h"
 
@@ -41,6 +47,20 @@ inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof(vf)); }
 
 // exp on a vector: 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2], degree-6 polynomial (rel. error < 2e-7).
 inline vf vexp(vf x) {
+#if defined(__AVX512F__)
+  // AVX-512 rounds n in one instruction and scales by 2^n in another (vscalefps, which also underflows
+  // to 0 and overflows to inf): 12 instructions instead of 20.
+  x = x < splat(-104.0f) ? splat(-104.0f) : x;  // exp(-104) is 0 in float32; -inf would give NaN below
+  vf n = (vf)_mm512_roundscale_ps((__m512)(x * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  vf p = splat(1.0f / 720) * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  return (vf)_mm512_scalef_ps((__m512)p, (__m512)n);
+#else
   x = x < splat(-87.0f) ? splat(-87.0f) : x;
   x = x > splat(88.0f) ? splat(88.0f) : x;
   vf n = x * 1.44269504088896341f;
@@ -57,6 +77,7 @@ inline vf vexp(vf x) {
   vf scale;
   std::memcpy(&scale, &bits, sizeof(vf));
   return p * scale;
+#endif
 }
 
 // Runs fn(i) for i in [0, n) on the pool and the calling thread; returns when all are done.
@@ -240,6 +261,13 @@ float exp_row(float* row, int L, int Lp, float m) {
   return total;
 }
 
+// dst[0 : L] = row[0 : L] * c
+inline void scale_row(const float* row, int L, float c, float* dst) {
+  int j = 0;
+  for (; j + W <= L; j += W) store(dst + j, load(row + j) * c);
+  for (; j < L; ++j) dst[j] = row[j] * c;
+}
+
 // One (batch, head): q, k, v, dq, dk, dv rows are `qs` floats apart (3 H K in the packed [B, L, 3, H, K]),
 // out and dout rows `os` apart (H K in [B, L, H, K]); lse [L]; bias [L, L] or null.
 struct HeadArgs {
@@ -249,7 +277,8 @@ struct HeadArgs {
   float scale;
 };
 
-void forward_head(Head& hd, const HeadArgs& a, float* out, int64_t os, float* lse) {
+// probs (may be null): the normalised probabilities [L, L] are written there, for the backward to read.
+void forward_head(Head& hd, const HeadArgs& a, float* out, int64_t os, float* lse, float* probs) {
   const int L = hd.L, K = hd.K, Lp = hd.Lp, Kp = hd.Kp;
   Head::rows(a.q, a.qs, L, K, hd.Lq, Kp, hd.q);
   Head::cols(a.k, a.qs, L, K, Lp, Kp, hd.kt);
@@ -264,6 +293,7 @@ void forward_head(Head& hd, const HeadArgs& a, float* out, int64_t os, float* ls
       float sum = exp_row(row, L, Lp, m);
       inv[r] = 1.0f / sum;
       if (i0 + r < L) lse[i0 + r] = m + std::log(sum);
+      if (probs && i0 + r < L) scale_row(row, L, inv[r], probs + size_t(i0 + r) * L);
     }
     rows_times_rows(s.data(), hd.vrow.data(), L, Lp, Kp, o.data());
     for (int r = 0; r < R && i0 + r < L; ++r)
@@ -273,11 +303,11 @@ void forward_head(Head& hd, const HeadArgs& a, float* out, int64_t os, float* ls
 
 // dq, dk, dv are written (rows `qs` apart); dbias (may be null) is accumulated (+=).
 void backward_head(Head& hd, const HeadArgs& a, const float* out, const float* dout, int64_t os, const float* lse,
-                   float* dq, float* dk, float* dv, float* dbias) {
+                   const float* probs, float* dq, float* dk, float* dv, float* dbias) {
   const int L = hd.L, K = hd.K, Lp = hd.Lp, Kp = hd.Kp;
   const float scale = a.scale;
   Head::rows(a.q, a.qs, L, K, hd.Lq, Kp, hd.q);
-  Head::cols(a.k, a.qs, L, K, Lp, Kp, hd.kt);
+  if (!probs) Head::cols(a.k, a.qs, L, K, Lp, Kp, hd.kt);  // for the logits
   Head::rows(a.k, a.qs, L, K, Lp, Kp, hd.krow);
   Head::cols(a.v, a.qs, L, K, Lp, Kp, hd.vt);
   Head::rows(dout, os, L, K, hd.Lq, Kp, hd.o);  // dO, padded
@@ -292,20 +322,29 @@ void backward_head(Head& hd, const HeadArgs& a, const float* out, const float* d
   for (int i0 = 0; i0 < L; i0 += RB) {
     const int rows = std::min(RB, L - i0);
     for (int s0 = 0; s0 < RB; s0 += R) {
-      logits(hd, i0 + s0, scale, a.bias, &p[size_t(s0) * Lp]);
+      if (!probs) logits(hd, i0 + s0, scale, a.bias, &p[size_t(s0) * Lp]);
       rows_times_cols(&hd.o[size_t(i0 + s0) * Kp], hd.vt.data(), Kp, Lp, &dp[size_t(s0) * Lp]);  // dP = dO V^T
     }
-    for (int r = 0; r < RB; ++r) {
-      float* row = &p[size_t(r) * Lp];
-      if (r < rows) {
-        exp_row(row, L, Lp, lse[i0 + r]);
-      } else {
-        std::fill(row, row + Lp, 0.0f);
+    // P: the kept rows in place when they need no padding, else padded in p (recomputed or copied).
+    const float* pb = p.data();
+    if (probs && L == Lp && rows == RB) {
+      pb = probs + size_t(i0) * L;
+    } else {
+      for (int r = 0; r < RB; ++r) {
+        float* row = &p[size_t(r) * Lp];
+        if (r < rows && probs) {
+          std::memcpy(row, probs + size_t(i0 + r) * L, L * sizeof(float));
+          std::fill(row + L, row + Lp, 0.0f);
+        } else if (r < rows) {
+          exp_row(row, L, Lp, lse[i0 + r]);
+        } else {
+          std::fill(row, row + Lp, 0.0f);
+        }
       }
     }
-    cols_times_rows_acc(p.data(), &hd.o[size_t(i0) * Kp], rows, L, Lp, Kp, dv_acc.data());  // dV += P^T dO
+    cols_times_rows_acc(pb, &hd.o[size_t(i0) * Kp], rows, L, Lp, Kp, dv_acc.data());  // dV += P^T dO
     for (int r = 0; r < RB; ++r) {  // dS = P (dP - delta), into dp; padded rows are 0 since P is
-      float* pr = &p[size_t(r) * Lp];
+      const float* pr = pb + size_t(r) * Lp;
       float* dr = &dp[size_t(r) * Lp];
       const float dl = delta[i0 + r];
       for (int j = 0; j < L; ++j) dr[j] = pr[j] * (dr[j] - dl);
@@ -348,31 +387,45 @@ HeadArgs head_args(const Packed& d, const float* qkv, int64_t b, int64_t h, cons
   return {base, base + d.H * d.K, base + 2 * d.H * d.K, d.qs(), bias ? bias + h * d.L * d.L : nullptr, scale};
 }
 
+// The probabilities, when the caller keeps them ([B, H, L, L]), or null (an empty array: the backward
+// recomputes them from lse); nullopt for any other size.
+std::optional<float*> kept_probs(const Packed& d, float* data, size_t elements) {
+  if (elements == 0) return nullptr;
+  if (elements != size_t(d.B * d.H * d.L * d.L)) return std::nullopt;
+  return data;
+}
+const char* kBadProbs = "attention_cpu: probs must be [B, H, L, L] or empty";
+
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, const float* bias, float scale,
-                   ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
+                   ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse,
+                   ffi::ResultBuffer<ffi::F32> probs_buf) {
   auto d = packed_dims(qkv);
   if (!d) return ffi::Error::InvalidArgument("attention_cpu: qkv must be [B, L, 3, H, K]");
+  auto probs = kept_probs(*d, probs_buf->typed_data(), probs_buf->element_count());
+  if (!probs) return ffi::Error::InvalidArgument(kBadProbs);
   parallel_for(pool, d->B * d->H, [&](int64_t i) {
     const int64_t b = i / d->H, h = i % d->H;
     Head hd(int(d->L), int(d->K));
     forward_head(hd, head_args(*d, qkv.typed_data(), b, h, bias, scale), out->typed_data() + d->out_offset(b, h),
-                 d->os(), lse->typed_data() + i * d->L);
+                 d->os(), lse->typed_data() + i * d->L, *probs ? *probs + i * d->L * d->L : nullptr);
   });
   return ffi::Error::Success();
 }
 
 ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::Buffer<ffi::F32> out,
-                    ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout, const float* bias, float scale,
-                    ffi::ResultBuffer<ffi::F32> dqkv, float* dbias) {
+                    ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> probs_buf, ffi::Buffer<ffi::F32> dout,
+                    const float* bias, float scale, ffi::ResultBuffer<ffi::F32> dqkv, float* dbias) {
   auto d = packed_dims(qkv);
   if (!d) return ffi::Error::InvalidArgument("attention_cpu: qkv must be [B, L, 3, H, K]");
+  auto probs = kept_probs(*d, const_cast<float*>(probs_buf.typed_data()), probs_buf.element_count());
+  if (!probs) return ffi::Error::InvalidArgument(kBadProbs);
   auto one = [&](int64_t b, int64_t h, float* db) {
     Head hd(int(d->L), int(d->K));
-    const int64_t o = d->out_offset(b, h), g = d->qkv_offset(b, h), hk = d->H * d->K;
+    const int64_t o = d->out_offset(b, h), g = d->qkv_offset(b, h), hk = d->H * d->K, i = b * d->H + h;
     float* dq = dqkv->typed_data() + g;
     backward_head(hd, head_args(*d, qkv.typed_data(), b, h, bias, scale), out.typed_data() + o,
-                  dout.typed_data() + o, d->os(), lse.typed_data() + (b * d->H + h) * d->L, dq, dq + hk,
-                  dq + 2 * hk, db);
+                  dout.typed_data() + o, d->os(), lse.typed_data() + i * d->L,
+                  *probs ? *probs + i * d->L * d->L : nullptr, dq, dq + hk, dq + 2 * hk, db);
   };
   if (!dbias) {
     parallel_for(pool, d->B * d->H, [&](int64_t i) { one(i / d->H, i % d->H, nullptr); });
@@ -386,41 +439,45 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::Buffer
 }
 
 ffi::Error ForwardNoBias(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, float scale,
-                         ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
-  return Forward(pool, qkv, nullptr, scale, out, lse);
+                         ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse,
+                         ffi::ResultBuffer<ffi::F32> probs) {
+  return Forward(pool, qkv, nullptr, scale, out, lse, probs);
 }
 
 ffi::Error ForwardBias(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::Buffer<ffi::F32> bias, float scale,
-                       ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
-  return Forward(pool, qkv, bias.typed_data(), scale, out, lse);
+                       ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse,
+                       ffi::ResultBuffer<ffi::F32> probs) {
+  return Forward(pool, qkv, bias.typed_data(), scale, out, lse, probs);
 }
 
 ffi::Error BackwardNoBias(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::Buffer<ffi::F32> out,
-                          ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout, float scale,
-                          ffi::ResultBuffer<ffi::F32> dqkv) {
-  return Backward(pool, qkv, out, lse, dout, nullptr, scale, dqkv, nullptr);
+                          ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> probs, ffi::Buffer<ffi::F32> dout,
+                          float scale, ffi::ResultBuffer<ffi::F32> dqkv) {
+  return Backward(pool, qkv, out, lse, probs, dout, nullptr, scale, dqkv, nullptr);
 }
 
 ffi::Error BackwardBias(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::Buffer<ffi::F32> out,
-                        ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout, ffi::Buffer<ffi::F32> bias,
-                        float scale, ffi::ResultBuffer<ffi::F32> dqkv, ffi::ResultBuffer<ffi::F32> dbias) {
-  return Backward(pool, qkv, out, lse, dout, bias.typed_data(), scale, dqkv, dbias->typed_data());
+                        ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> probs, ffi::Buffer<ffi::F32> dout,
+                        ffi::Buffer<ffi::F32> bias, float scale, ffi::ResultBuffer<ffi::F32> dqkv,
+                        ffi::ResultBuffer<ffi::F32> dbias) {
+  return Backward(pool, qkv, out, lse, probs, dout, bias.typed_data(), scale, dqkv, dbias->typed_data());
 }
 
 using F32 = ffi::Buffer<ffi::F32>;
 
 }  // namespace
 
-// XLA's thread pool, the float32 buffers, the "scale" attribute, the float32 results.
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MonlAttentionFwd, ForwardNoBias,  // qkv -> out, lse
+// XLA's thread pool, the float32 buffers, the "scale" attribute, the float32 results. probs is
+// [B, H, L, L] when the caller keeps the probabilities for the backward, else empty.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MonlAttentionFwd, ForwardNoBias,  // qkv -> out, lse, probs
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Attr<float>("scale")
-                                  .Ret<F32>().Ret<F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MonlAttentionFwdBias, ForwardBias,  // qkv, bias -> out, lse
+                                  .Ret<F32>().Ret<F32>().Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MonlAttentionFwdBias, ForwardBias,  // qkv, bias -> out, lse, probs
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Attr<float>("scale")
-                                  .Ret<F32>().Ret<F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MonlAttentionBwd, BackwardNoBias,  // qkv, out, lse, dout -> dqkv
+                                  .Ret<F32>().Ret<F32>().Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MonlAttentionBwd, BackwardNoBias,  // qkv, out, lse, probs, dout -> dqkv
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Attr<float>("scale").Ret<F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MonlAttentionBwdBias, BackwardBias,  // qkv, out, lse, dout, bias -> dqkv, dbias
+                                  .Arg<F32>().Attr<float>("scale").Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MonlAttentionBwdBias, BackwardBias,  // qkv, out, lse, probs, dout, bias -> dqkv, dbias
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Arg<F32>().Attr<float>("scale").Ret<F32>().Ret<F32>());
+                                  .Arg<F32>().Arg<F32>().Attr<float>("scale").Ret<F32>().Ret<F32>());

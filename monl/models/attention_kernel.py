@@ -1,9 +1,11 @@
 """The fused CPU attention kernel (`attention_cpu.cc`): built on first use, registered with XLA's FFI.
 
 `packed_attention(qkv, bias)` is softmax(q k^T / sqrt(K) + bias) v on the packed projection
-[B, L, 3, H, K], with a custom VJP whose forward and backward are one custom call each; the backward
-recomputes the probabilities from the saved log-sum-exp, so no [B, H, L, L] array exists in the compiled
-step (`layers.dot_attention(..., "cpu_kernel")` calls it on heads-major arrays). `build()` compiles
+[B, L, 3, H, K], with a custom VJP whose forward and backward are one custom call each
+(`layers.dot_attention(..., "cpu_kernel")` calls it on heads-major arrays). The forward keeps the
+probabilities [B, H, L, L] for the backward while they fit in `KEEP_PROBS_MAX_BYTES`; beyond that the
+backward recomputes them from the saved log-sum-exp (as FlashAttention does), so no [B, H, L, L] array
+exists in the compiled step and attention's memory stays linear in L. `build()` compiles
 the source with the host's C++ compiler (`$CXX`, else g++ / c++ / clang++) for this CPU (-march=native) into
 `$MONL_KERNEL_CACHE` (default ~/.cache/monl/kernels), keyed by source, flags, compiler, jaxlib and CPU,
 so a second process (or a second host sharing the home directory) never reuses a wrong binary.
@@ -28,6 +30,11 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "attention_cpu
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
 TARGETS = {"fwd": "MonlAttentionFwd", "fwd_bias": "MonlAttentionFwdBias",
            "bwd": "MonlAttentionBwd", "bwd_bias": "MonlAttentionBwdBias"}
+# Probabilities of at most this many bytes per call (per shard under a mesh) are kept from the forward:
+# the backward then skips q k^T and its exp, a fifth of its products and its costliest pass. Mid-size
+# (B 8, H 6, L 512): 48 MiB per layer, 576 MiB more for 12 layers, a 2 % faster train step
+# (benchmarks/PERF_LOG.md §15). Beyond it memory would grow as L², so they are recomputed.
+KEEP_PROBS_MAX_BYTES = 64 << 20
 
 
 class KernelUnavailable(RuntimeError):
@@ -139,22 +146,24 @@ def _check(qkv, bias):
 def _fwd(qkv, bias):
   _check(qkv, bias)
   b, length, _, heads, kd = qkv.shape
+  keep = b * heads * length * length * 4 <= KEEP_PROBS_MAX_BYTES
   results = (jax.ShapeDtypeStruct((b, length, heads, kd), jnp.float32),
-             jax.ShapeDtypeStruct((b, heads, length), jnp.float32))
+             jax.ShapeDtypeStruct((b, heads, length), jnp.float32),
+             jax.ShapeDtypeStruct((b, heads, length, length) if keep else (0,), jnp.float32))
   args = (_f32(qkv),) if bias is None else (_f32(qkv), _f32(bias))
-  out, lse = _call("fwd" if bias is None else "fwd_bias", results, *args, scale=1.0 / math.sqrt(kd))
-  return out.astype(qkv.dtype), (qkv, bias, out, lse)
+  out, lse, probs = _call("fwd" if bias is None else "fwd_bias", results, *args, scale=1.0 / math.sqrt(kd))
+  return out.astype(qkv.dtype), (qkv, bias, out, lse, probs)
 
 
 def _bwd(res, d_out):
-  qkv, bias, out, lse = res
+  qkv, bias, out, lse, probs = res
   scale = 1.0 / math.sqrt(qkv.shape[-1])
   grad = jax.ShapeDtypeStruct(qkv.shape, jnp.float32)
   if bias is None:
-    (d_qkv,) = _call("bwd", (grad,), _f32(qkv), out, lse, _f32(d_out), scale=scale)
+    (d_qkv,) = _call("bwd", (grad,), _f32(qkv), out, lse, probs, _f32(d_out), scale=scale)
     return d_qkv.astype(qkv.dtype), None
   d_qkv, d_bias = _call("bwd_bias", (grad, jax.ShapeDtypeStruct(bias.shape, jnp.float32)), _f32(qkv), out, lse,
-                        _f32(d_out), _f32(bias), scale=scale)
+                        probs, _f32(d_out), _f32(bias), scale=scale)
   return d_qkv.astype(qkv.dtype), d_bias.astype(bias.dtype)
 
 
