@@ -100,3 +100,33 @@ def test_x0_loss_is_weighted_per_cell_by_the_capped_v_weight(builtin_dataset, sk
     num += (sq * w[:, cells]).sum()
     den += tokens[name].size  # every cell is noisy (t >= 1): all elements count
   np.testing.assert_allclose(float(loss), num / den, rtol=1e-5)
+
+
+def test_a_non_finite_step_leaves_the_state_unchanged_but_counts_the_step(builtin_dataset):
+  """train_step's guard: a NaN in the batch makes the loss non-finite; params, EMA and Adam moments stay
+  as they were, the step advances and `finite` is 0. A clean batch does update the state."""
+  import functools
+  import jax.numpy as jnp
+  from monl.train import step as step_lib
+  config = tiny_config(builtin_dataset)
+  model = loop.build_model(config)
+  obj = step_lib.Objective.from_config(config, model)
+  tx = step_lib.make_optimizer(config.train)
+  state = step_lib.unbox(step_lib.init_state(jax.random.key(0), obj, tx))
+  step = jax.jit(functools.partial(step_lib.train_step, obj=obj, tx=tx, ema=0.9))
+  rng = np.random.default_rng(0)
+  batch = {m.name: jnp.asarray(rng.normal(size=(2,) + m.shape), jnp.float32) for m in model.layout.modalities}
+  leaves = lambda s: jax.tree.leaves(jax.device_get((s.params, s.ema_params, s.opt_state)))
+  before = leaves(state)
+
+  name = model.layout.names[0]
+  bad, metrics = step(state, dict(batch, **{name: batch[name].at[0, 0].set(jnp.nan)}), jax.random.key(1))
+  assert int(bad.step) == 1 and float(metrics["finite"]) == 0.0
+  for x, y in zip(before, leaves(bad)):
+    np.testing.assert_array_equal(x, y)
+
+  good, metrics = step(state, batch, jax.random.key(1))
+  assert int(good.step) == 1 and float(metrics["finite"]) == 1.0
+  # the warm-up's learning rate is 0 at step 0, so of the state only the Adam moments move here
+  moments = lambda s: jax.tree.leaves(jax.device_get(s.opt_state))
+  assert any(not np.array_equal(x, y) for x, y in zip(moments(state), moments(good)))

@@ -191,15 +191,18 @@ def train_step(state: TrainState, batch, base_key: jax.Array, *, obj: Objective,
   key = jax.random.fold_in(base_key, state.step)
   (loss, metrics), grads = jax.value_and_grad(loss_and_metrics, has_aux=True)(state.params, obj, batch, key)
   grad_norm = optax.tree.norm(grads)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  d = ema_decay(state.step, ema)
-  ema_params = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-  new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
-                         ema_params=keep(ema_params, state.ema_params),
-                         opt_state=keep(opt_state, state.opt_state))
+
+  def update(state, grads):
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    d = ema_decay(state.step, ema)
+    ema_params = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
+    return TrainState(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state)
+
+  # A branch rather than a per-element select of new or old state: XLA:CPU then makes no select pass
+  # over the parameters, EMA and Adam moments (2 % of the mid-size step, benchmarks/PERF_LOG.md §15).
+  new_state = jax.lax.cond(finite, update, lambda state, _: state.replace(step=state.step + 1), state, grads)
   metrics = dict(metrics, grad_norm=grad_norm, finite=finite.astype(jnp.float32))
   return new_state, metrics
 
