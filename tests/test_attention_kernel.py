@@ -77,6 +77,8 @@ def test_kernel_keeps_probabilities_only_within_its_budget_and_keeps_other_dtype
     hlo = jax.jit(grad).lower(q).compile().as_text()
     # over budget the backward recomputes P from the log-sum-exp: no [B, H, L, L] array in the step
     assert ("f32[2,2,48,48]" in hlo) == kept, budget
+  # not differentiated (sampling), the forward keeps nothing
+  assert "f32[2,2,48,48]" not in jax.jit(lambda q: kernel(q, q, q, None)).lower(q).compile().as_text()
   low = q.astype(jnp.bfloat16)
   out = kernel(low, low, low, None)
   assert out.dtype == jnp.bfloat16

@@ -51,7 +51,8 @@ inline vf vexp(vf x) {
   // AVX-512 rounds n in one instruction and scales by 2^n in another (vscalefps, which also underflows
   // to 0 and overflows to inf): 12 instructions instead of 20.
   x = x < splat(-104.0f) ? splat(-104.0f) : x;  // exp(-104) is 0 in float32; -inf would give NaN below
-  vf n = (vf)_mm512_roundscale_ps((__m512)(x * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  vf n = (vf)_mm512_roundscale_ps((__m512)(x * 1.44269504088896341f),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
   vf p = splat(1.0f / 720) * r + 1.0f / 120;
   p = p * r + 1.0f / 24;
@@ -394,7 +395,7 @@ std::optional<float*> kept_probs(const Packed& d, float* data, size_t elements) 
   if (elements != size_t(d.B * d.H * d.L * d.L)) return std::nullopt;
   return data;
 }
-const char* kBadProbs = "attention_cpu: probs must be [B, H, L, L] or empty";
+constexpr char kBadProbs[] = "attention_cpu: probs must be [B, H, L, L] or empty";
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, const float* bias, float scale,
                    ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse,

@@ -128,7 +128,8 @@ def packed_attention(qkv: jax.Array, bias: jax.Array | None = None) -> jax.Array
   product, the projection out one [B L, H K] x [H K, D] product. Computed in float32 (other dtypes are
   cast). Builds the kernel on first use (`build()`).
   """
-  return _fwd(qkv, bias)[0]
+  # Not differentiated (sampling, evaluation): nothing to keep for a backward.
+  return _forward(qkv, bias, keep_probs=False)[0].astype(qkv.dtype)
 
 
 def _f32(x):
@@ -143,15 +144,21 @@ def _check(qkv, bias):
     raise ValueError(f"packed_attention: bias must be [H, L, L] = {(heads, length, length)}, got {bias.shape}")
 
 
-def _fwd(qkv, bias):
+def _forward(qkv, bias, keep_probs: bool):
+  """-> float32 out [B, L, H, K], lse [B, H, L], probs [B, H, L, L] if keep_probs else [0]."""
   _check(qkv, bias)
   b, length, _, heads, kd = qkv.shape
-  keep = b * heads * length * length * 4 <= KEEP_PROBS_MAX_BYTES
   results = (jax.ShapeDtypeStruct((b, length, heads, kd), jnp.float32),
              jax.ShapeDtypeStruct((b, heads, length), jnp.float32),
-             jax.ShapeDtypeStruct((b, heads, length, length) if keep else (0,), jnp.float32))
+             jax.ShapeDtypeStruct((b, heads, length, length) if keep_probs else (0,), jnp.float32))
   args = (_f32(qkv),) if bias is None else (_f32(qkv), _f32(bias))
-  out, lse, probs = _call("fwd" if bias is None else "fwd_bias", results, *args, scale=1.0 / math.sqrt(kd))
+  return _call("fwd" if bias is None else "fwd_bias", results, *args, scale=1.0 / math.sqrt(kd))
+
+
+def _fwd(qkv, bias):
+  _check(qkv, bias)
+  b, length, _, heads, _ = qkv.shape
+  out, lse, probs = _forward(qkv, bias, keep_probs=b * heads * length * length * 4 <= KEEP_PROBS_MAX_BYTES)
   return out.astype(qkv.dtype), (qkv, bias, out, lse, probs)
 
 
