@@ -46,27 +46,20 @@ inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof(vf)); return v;
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof(vf)); }
 
 // exp on a vector: 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2], degree-6 polynomial (rel. error < 2e-7).
+// AVX-512 rounds n in one instruction and scales by 2^n in another (vscalefps, which also underflows to 0
+// and overflows to inf): 12 instructions instead of 20.
 inline vf vexp(vf x) {
 #if defined(__AVX512F__)
-  // AVX-512 rounds n in one instruction and scales by 2^n in another (vscalefps, which also underflows
-  // to 0 and overflows to inf): 12 instructions instead of 20.
   x = x < splat(-104.0f) ? splat(-104.0f) : x;  // exp(-104) is 0 in float32; -inf would give NaN below
   vf n = (vf)_mm512_roundscale_ps((__m512)(x * 1.44269504088896341f),
                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  vf p = splat(1.0f / 720) * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  return (vf)_mm512_scalef_ps((__m512)p, (__m512)n);
 #else
   x = x < splat(-87.0f) ? splat(-87.0f) : x;
   x = x > splat(88.0f) ? splat(88.0f) : x;
   vf n = x * 1.44269504088896341f;
   vi ni = __builtin_convertvector(n + (vf)(n >= 0 ? splat(0.5f) : splat(-0.5f)), vi);
   n = __builtin_convertvector(ni, vf);
+#endif
   vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
   vf p = splat(1.0f / 720) * r + 1.0f / 120;
   p = p * r + 1.0f / 24;
@@ -74,6 +67,9 @@ inline vf vexp(vf x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
+#if defined(__AVX512F__)
+  return (vf)_mm512_scalef_ps((__m512)p, (__m512)n);
+#else
   vi bits = (ni + 127) << 23;
   vf scale;
   std::memcpy(&scale, &bits, sizeof(vf));
