@@ -44,6 +44,11 @@ inline vf splat(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x
 static_assert(W == 16, "splat spells out 16 lanes");
 inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof(vf)); return v; }
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof(vf)); }
+inline float hsum(vf v) {
+  float t = 0.0f;
+  for (int i = 0; i < W; ++i) t += v[i];
+  return t;
+}
 
 // exp on a vector: 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2], degree-6 polynomial (rel. error < 2e-7).
 // AVX-512 rounds n in one instruction and scales by 2^n in another (vscalefps, which also underflows to 0
@@ -251,18 +256,30 @@ float exp_row(float* row, int L, int Lp, float m) {
     store(row + j, e);
     sum += e;
   }
-  float total = 0.0f;
-  for (int v = 0; v < W; ++v) total += sum[v];
+  float total = hsum(sum);
   for (; j < L; ++j) total += row[j] = std::exp(row[j] - m);
   for (; j < Lp; ++j) row[j] = 0.0f;
   return total;
 }
 
-// dst[0 : L] = row[0 : L] * c
+// dst[0 : L] = row[0 : L] * c. On AVX-512 with dst aligned, non-temporal stores: the kept probabilities
+// ([B, H, L, L], far beyond the caches) are read back only by the backward, so they skip the read for
+// ownership and the caches (forward -3 %). The caller fences (`store_fence`) before another thread reads.
 inline void scale_row(const float* row, int L, float c, float* dst) {
   int j = 0;
+#if defined(__AVX512F__)
+  if (reinterpret_cast<uintptr_t>(dst) % 64 == 0)
+    for (; j + W <= L; j += W) _mm512_stream_ps(dst + j, (__m512)(load(row + j) * c));
+#endif
   for (; j + W <= L; j += W) store(dst + j, load(row + j) * c);
   for (; j < L; ++j) dst[j] = row[j] * c;
+}
+
+// Orders scale_row's non-temporal stores before the stores that follow (the work item's completion).
+inline void store_fence() {
+#if defined(__AVX512F__)
+  _mm_sfence();
+#endif
 }
 
 // One (batch, head): q, k, v, dq, dk, dv rows are `qs` floats apart (3 H K in the packed [B, L, 3, H, K]),
@@ -296,6 +313,7 @@ void forward_head(Head& hd, const HeadArgs& a, float* out, int64_t os, float* ls
     for (int r = 0; r < R && i0 + r < L; ++r)
       for (int c = 0; c < K; ++c) out[(i0 + r) * os + c] = o[size_t(r) * Kp + c] * inv[r];
   }
+  if (probs) store_fence();
 }
 
 // dq, dk, dv are written (rows `qs` apart); dbias (may be null) is accumulated (+=).
@@ -310,8 +328,12 @@ void backward_head(Head& hd, const HeadArgs& a, const float* out, const float* d
   Head::rows(dout, os, L, K, hd.Lq, Kp, hd.o);  // dO, padded
   std::vector<float> delta(hd.Lq, 0.0f);       // rowsum(dO * O)
   for (int i = 0; i < L; ++i) {
-    float t = 0.0f;
-    for (int c = 0; c < K; ++c) t += dout[i * os + c] * out[i * os + c];
+    const float *g = &hd.o[size_t(i) * Kp], *o = out + i * os;
+    vf acc = {};
+    int c = 0;
+    for (; c + W <= K; c += W) acc += load(g + c) * load(o + c);
+    float t = hsum(acc);
+    for (; c < K; ++c) t += g[c] * o[c];
     delta[i] = t;
   }
   std::vector<float> p(size_t(RB) * Lp), dp(size_t(RB) * Lp), g(size_t(RB) * Kp);
@@ -339,7 +361,6 @@ void backward_head(Head& hd, const HeadArgs& a, const float* out, const float* d
         }
       }
     }
-    cols_times_rows_acc(pb, &hd.o[size_t(i0) * Kp], rows, L, Lp, Kp, dv_acc.data());  // dV += P^T dO
     for (int r = 0; r < RB; ++r) {  // dS = P (dP - delta), into dp; padded rows are 0 since P is
       const float* pr = pb + size_t(r) * Lp;
       float* dr = &dp[size_t(r) * Lp];
@@ -351,6 +372,9 @@ void backward_head(Head& hd, const HeadArgs& a, const float* out, const float* d
         for (int j = 0; j < L; ++j) db[j] += dr[j];
       }
     }
+    // dV += P^T dO, after dS: that pass streams P in from memory row by row, so that these column reads
+    // find it in the cache (backward -4 %).
+    cols_times_rows_acc(pb, &hd.o[size_t(i0) * Kp], rows, L, Lp, Kp, dv_acc.data());
     for (int s0 = 0; s0 < RB; s0 += R)  // dQ = dS K
       rows_times_rows(&dp[size_t(s0) * Lp], hd.krow.data(), L, Lp, Kp, &g[size_t(s0) * Kp]);
     for (int r = 0; r < rows; ++r)
