@@ -20,6 +20,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #if defined(__AVX512F__)
@@ -328,12 +329,12 @@ void backward_head(Head& hd, const HeadArgs& a, const float* out, const float* d
   Head::rows(dout, os, L, K, hd.Lq, Kp, hd.o);  // dO, padded
   std::vector<float> delta(hd.Lq, 0.0f);       // rowsum(dO * O)
   for (int i = 0; i < L; ++i) {
-    const float *g = &hd.o[size_t(i) * Kp], *o = out + i * os;
+    const float *d_o = &hd.o[size_t(i) * Kp], *o = out + i * os;
     vf acc = {};
     int c = 0;
-    for (; c + W <= K; c += W) acc += load(g + c) * load(o + c);
+    for (; c + W <= K; c += W) acc += load(d_o + c) * load(o + c);
     float t = hsum(acc);
-    for (; c < K; ++c) t += g[c] * o[c];
+    for (; c < K; ++c) t += d_o[c] * o[c];
     delta[i] = t;
   }
   std::vector<float> p(size_t(RB) * Lp), dp(size_t(RB) * Lp), g(size_t(RB) * Kp);
