@@ -10,6 +10,7 @@ nothing is allocated. Numbers are XLA's: `memory_analysis()` per chip, `cost_ana
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -21,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.compilation_cache import compilation_cache
 
 GiB = 2**30
 
@@ -65,6 +67,22 @@ def topology_devices(topology: str) -> list:
                        f"Install libtpu with `pip install -e .[tpu]`; topology names look like "
                        f"v5e:16x16, v4:2x2x2, v5p:4x4x4, v6e:4x4") from e
   return list(desc.devices)
+
+
+@contextlib.contextmanager
+def outside_persistent_cache():
+  """Compiles for `topology_devices` stay out of JAX's persistent compilation cache
+  (JAX_COMPILATION_CACHE_DIR): an executable compiled for abstract TPU chips cannot be read back by a
+  process without a TPU client (JAX warns and recompiles on every later run), so an entry only costs disk.
+  JAX decides once per process whether the cache is in use, hence the resets on entry and exit."""
+  enabled = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  compilation_cache.reset_cache()
+  try:
+    yield
+  finally:
+    jax.config.update("jax_enable_compilation_cache", enabled)
+    compilation_cache.reset_cache()
 
 
 def _cost(compiled) -> dict[str, float]:
@@ -186,7 +204,7 @@ def plan(config, topology: str, *, sampler_step: bool = True) -> dict[str, Any]:
     mdl = loop.build_model(cfg)
     ob = step_lib.Objective.from_config(cfg, mdl)
     fac = loop.StateFactory(cfg, ob, tx, mesh, rules) if cfg is not config else factory
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules), outside_persistent_cache():
       if which == "train_step":
         return loop.make_step_fn(cfg, ob, tx, fac, mesh, rules).lower(fac.abstract, batch, key).compile()
       levels = sampler_lib.level_schedule(ob.schedule.num_steps, 1, lay.num_modalities, lay.num_segments)

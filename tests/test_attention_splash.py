@@ -126,6 +126,6 @@ def test_paper_like_train_step_compiles_with_the_kernel_for_tpu():
                                         sharding=sharding.batch_sharding(mesh, rules, 1 + len(m.shape)))
            for m in model.layout.modalities}
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding.replicated(mesh))
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules), plan.outside_persistent_cache():
     compiled = loop.make_step_fn(c, obj, tx, factory, mesh, rules).lower(factory.abstract, batch, key).compile()
   assert "tpu_custom_call" in compiled.as_text()

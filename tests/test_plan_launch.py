@@ -11,13 +11,18 @@ from cli_util import ROOT, env
 TPU_VM = os.path.join(ROOT, "launch", "tpu_vm.sh")
 
 
-def test_plan_small_topology():
+def test_plan_small_topology(tmp_path):
   pytest.importorskip("libtpu")
   cmd = [sys.executable, "-m", "monl.main", "plan", f"--config={ROOT}/configs/default.py",
          "--topology=v5e:2x2", "--json", "--config.model.width=32", "--config.model.depth=2",
          "--config.model.num_heads=2", "--config.data.batch_size=8"]
-  proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-4000:]
+  # A persistent compilation cache as launch/env.sh sets one, with every compile eligible for it.
+  cache_env = dict(env(), JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"),
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  for _ in range(2):  # the second run would warn if the first had cached a TPU-only executable
+    proc = subprocess.run(cmd, cwd=ROOT, env=cache_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "persistent compilation cache" not in proc.stderr, proc.stderr[-4000:]
   p = json.loads(proc.stdout)
   assert p["num_chips"] == 4 and p["chip"] == "TPU v5e" and p["mesh"]["data"] == 4
   train, sample = p["programs"]
@@ -31,6 +36,31 @@ def test_plan_small_topology():
   for label in ("HBM/chip: arguments", "temporaries", "outputs", "capacity", "FLOPs per step",
                 "est. step time", "implied MFU", "examples/s", "FITS"):
     assert label in table
+
+
+def test_topology_compiles_stay_out_of_the_persistent_cache(tmp_path):
+  """Inside `outside_persistent_cache` nothing is written; after it, the cache works again."""
+  script = """
+import os, jax, jax.numpy as jnp
+from monl import plan
+cache = os.environ["JAX_COMPILATION_CACHE_DIR"]
+count = lambda: len(os.listdir(cache)) if os.path.isdir(cache) else 0
+x = jnp.zeros(3)
+jax.jit(lambda x: x + 1).lower(x).compile()
+first = count()
+with plan.outside_persistent_cache():
+  jax.jit(lambda x: x * 2).lower(x).compile()
+inside = count()
+jax.jit(lambda x: x - 3).lower(x).compile()
+print(first, inside, count())
+"""
+  cache_env = dict(env(), JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"),
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=cache_env, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  before, inside, after = map(int, proc.stdout.split())
+  assert before >= 1 and inside == before and after == before + 1, proc.stdout
 
 
 def test_plan_chip_table():
