@@ -87,6 +87,27 @@ def test_background_noise_sees_speckle_but_not_the_ball(clips):
   assert isinstance(syn.background_noise(video[0]), float)
 
 
+def test_appearance_drift_sees_colour_changes_but_not_motion(clips):
+  video = clips[0].astype(np.float64)
+  assert syn.appearance_drift(video).max() == 0.0  # the ball moves; no colour changes
+  background = np.all(video == video[:, :, :1, :1], axis=-1, keepdims=True) | \
+      np.all(video == video[:, :, -1:, -1:], axis=-1, keepdims=True)  # a corner is always background
+  # A continuation whose second half lightens the background by 0.1: half the frames 0.05 off the
+  # median, each the average of background (0.05) and ball (0) -> 0.025; background_noise sees nothing.
+  lighter = video.copy()
+  lighter[:, 8:] = np.where(background[:, 8:], video[:, 8:] + 0.1, video[:, 8:])
+  np.testing.assert_allclose(syn.appearance_drift(lighter), 0.025, atol=1e-9)
+  assert syn.background_noise(lighter).max() < 1e-12
+  # A ball dimmed to 0.7 in 3 frames of 16 raises it; scenes cut from unrelated clips raise it far more.
+  dim = video.copy()
+  dim[:, [3, 7, 11]] = np.where(background[:, [3, 7, 11]], video[:, [3, 7, 11]], 0.7 * video[:, [3, 7, 11]])
+  dimmed = syn.appearance_drift(dim)
+  assert dimmed.min() > 0.005
+  cut = np.concatenate([np.roll(video, s, axis=0)[:, 4 * s:4 * s + 4] for s in range(4)], axis=1)
+  assert syn.appearance_drift(cut).mean() > 4 * dimmed.mean()
+  assert isinstance(syn.appearance_drift(video[0]), float)
+
+
 def test_decoders(clips, tmp_path):
   video, audio, _ = clips
   frames = syn.video_to_frames(video[0], scale=4)

@@ -83,7 +83,7 @@ def test_evaluate_end_to_end_and_cache_reuse(trained, tmp_path, monkeypatch):
   assert res["num"] == 5 and res["checkpoint_step"] == 4 and res["builtin_dataset"]
   # metrics that apply, and only those
   assert {"latent_fd_video", "latent_fd_audio", "fvd_i3d", "kvd_i3d", "trajectory_error", "av_agreement",
-          "bounce_sync", "background_noise"} <= t["joint"]["metrics"].keys()
+          "bounce_sync", "background_noise", "appearance_drift"} <= t["joint"]["metrics"].keys()
   assert "latent_fd_audio" not in t["a2v"]["metrics"] and "latent_fd_video" not in t["v2a"]["metrics"]
   assert "trajectory_error" not in t["v2a"]["metrics"]
   assert "8 generated video frames" in t["continue"]["skipped"]["fvd_i3d"]  # conditioning excluded
@@ -110,7 +110,9 @@ def test_evaluate_end_to_end_and_cache_reuse(trained, tmp_path, monkeypatch):
   md = (tmp_path / "e1" / "results.md").read_text()
   assert "| continue |" in md and "real clips (floor)" in md and "cells of unrelated clips (chance)" in md
   chance = res["chance_reference"]
-  assert chance.keys() == {"trajectory_error", "av_agreement", "bounce_sync", "background_noise"}
+  assert chance.keys() == {"trajectory_error", "av_agreement", "bounce_sync", "background_noise",
+                           "appearance_drift"}
+  assert res["real_reference"]["appearance_drift"]["value"] == 0.0 < chance["appearance_drift"]["value"]
   assert res["real_reference"]["background_noise"]["value"] == chance["background_noise"]["value"] == 0.0
   assert t["joint"]["metrics"]["background_noise"]["value"] > 0  # 4 training steps: noise
   assert chance["av_agreement"]["value"] > 3 * res["real_reference"]["av_agreement"]["value"]

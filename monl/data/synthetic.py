@@ -25,6 +25,9 @@ Ground-truth scores (for generated clips, on the RAW de-normalised scale; lower 
   and clicks heard in the audio, each distance capped at 0.5 s (0.5 if one side has none).
 - `background_noise(video)`: RMS deviation from a flat colour of the pixels away from the ball (raw
   units). Ground truth: exactly 0; speckle, stains and ghost balls raise it.
+- `appearance_drift(video)`: how far each frame's background colour and ball colour are from their
+  medians over the clip (raw units). Ground truth: exactly 0; a continuation that changes the scene's
+  colours, or a ball that dims in some frames, raises it.
 
 Decoders for looking and listening: `video_to_frames` → `write_gif`; `audio_to_waveform` (additive
 resynthesis: one sinusoid per bin) → `write_wav`.
@@ -337,13 +340,10 @@ def av_agreement(video: np.ndarray, audio: np.ndarray) -> np.ndarray | float:
   return _out(np.abs(hv - ha_v).mean(axis=1), batched)
 
 
-def background_noise(video: np.ndarray) -> np.ndarray | float:
-  """RMS deviation of the background from a flat colour, raw units (lower is better; real clips: 0).
-
-  `video: [(B,) T, H, W, 3]` → `[B]`. Per frame, the pixels whose centre lies farther than the largest
-  ball radius plus two pixels from the ball's centre (`ball_positions`) against their median colour;
-  mean over frames. Speckle, stains and ghost balls raise it; the ball itself is never counted."""
-  v, batched = _batched(video, 4, "background_noise video")
+def _background(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per frame of `v: [B, T, H, W, 3]`: the mask of pixels whose centre lies farther than the largest ball
+  radius plus two pixels from the ball's centre (`ball_positions`), `[B, T, H, W, 1]`, and their median
+  colour (the background's), `[B, T, 3]`."""
   _, _, h, w, _ = v.shape
   pos = ball_positions(v)  # [B, T, 2]
   px = (np.arange(w) + 0.5) / w
@@ -352,9 +352,36 @@ def background_noise(video: np.ndarray) -> np.ndarray | float:
                  (py[None, None, :, None] - pos[..., 1, None, None]) ** 2)  # [B, T, H, W]
   far = (dist > MAX_RADIUS + 2.0 / max(h, w))[..., None]
   bg = np.stack([[np.median(f[m[..., 0]], axis=0) for f, m in zip(clip, mask)] for clip, mask in zip(v, far)])
+  return far, bg
+
+
+def background_noise(video: np.ndarray) -> np.ndarray | float:
+  """RMS deviation of the background from a flat colour, raw units (lower is better; real clips: 0).
+
+  `video: [(B,) T, H, W, 3]` → `[B]`. Per frame, the pixels away from the ball (`_background`) against
+  their median colour; mean over frames. Speckle, stains and ghost balls raise it; the ball itself is
+  never counted."""
+  v, batched = _batched(video, 4, "background_noise video")
+  far, bg = _background(v)
   sq = np.where(far, (v - bg[:, :, None, None, :]) ** 2, 0.0).sum(axis=(2, 3, 4))
   rms = np.sqrt(sq / np.maximum(3 * far.sum(axis=(2, 3, 4)), 1))  # [B, T]
   return _out(rms.mean(axis=1), batched)
+
+
+def appearance_drift(video: np.ndarray) -> np.ndarray | float:
+  """How much the scene's colours change over the clip, raw units (lower is better; real clips: 0).
+
+  `video: [(B,) T, H, W, 3]` → `[B]`. Per frame two colours: the background's (`_background`) and the
+  ball's (the pixel farthest from the background colour: the ball's core, exactly its colour in a real
+  clip). Each is compared with its median over the clip's frames (RMS over the 3 channels); the score
+  is the mean over frames of the two deviations' average. A continuation whose background or ball
+  changes colour from the given frames, or a ball that dims in some frames, raises it; motion does not."""
+  v, batched = _batched(video, 4, "appearance_drift video")
+  _, bg = _background(v)
+  d = np.linalg.norm(v - bg[:, :, None, None, :], axis=-1).reshape(*v.shape[:2], -1)  # [B, T, H*W]
+  core = np.take_along_axis(v.reshape(*v.shape[:2], -1, 3), d.argmax(-1)[..., None, None], axis=2)[:, :, 0]
+  drift = [np.sqrt(((c - np.median(c, axis=1, keepdims=True)) ** 2).mean(-1)) for c in (bg, core)]
+  return _out((0.5 * (drift[0] + drift[1])).mean(axis=1), batched)
 
 
 def _second_differences(video: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

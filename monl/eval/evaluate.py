@@ -17,8 +17,8 @@ For every task (named tasks of `monl.sample.tasks`, the eval split `config.data.
      (`ground_truth_for`, keyed by `produced_by.generator.name`) on the raw (de-normalised) clips,
      lower is better, each with the same score on the real clips (the reference floor) and on real
      cells of unrelated clips (`unrelated_cells`, chance):
-     - bouncing ball (`monl.data.synthetic`): `trajectory_error` and `background_noise` when any video
-       cell is generated, `av_agreement` and `bounce_sync` (cross-modal) for every task;
+     - bouncing ball (`monl.data.synthetic`): `trajectory_error`, `background_noise` and
+       `appearance_drift` when any video cell is generated, `av_agreement` and `bounce_sync` (cross-modal) for every task;
      - symbols (`monl.data.symbols`): `cell_error` (generated cells with the wrong symbol for the given
        cells and the rule) when any cell is generated, `cross_modal_agreement` for every task; the
        true symbols are those of the real clips the task conditioned on.
@@ -86,6 +86,8 @@ GT_LABELS = {
     "bounce_sync": "video bounce vs audio click distance (s, capped 0.5, lower is better; ground truth)",
     "background_noise": "RMS deviation of the background (away from the ball) from a flat colour (raw "
                         "units, lower is better; ground truth: 0 on real clips)",
+    "appearance_drift": "background and ball colours vs their medians over the clip (raw units, lower "
+                        "is better; ground truth: 0 on real clips)",
 }
 
 SYMBOL_GT_LABELS = {
@@ -302,6 +304,7 @@ def gt_scores(video: np.ndarray | None, audio: np.ndarray | None, video_generate
   if video is not None and video_generated:
     out["trajectory_error"] = np.asarray(synthetic.trajectory_error(video))
     out["background_noise"] = np.asarray(synthetic.background_noise(video))
+    out["appearance_drift"] = np.asarray(synthetic.appearance_drift(video))
   if video is not None and audio is not None:
     out["av_agreement"] = np.asarray(synthetic.av_agreement(video, audio))
     out["bounce_sync"] = np.asarray(synthetic.bounce_sync(video, audio))
