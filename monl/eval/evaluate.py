@@ -776,11 +776,14 @@ def bar_chart(path, groups: list[str], series: list[str], values: np.ndarray, ti
   errors = np.full(values.shape, np.nan) if errors is None else np.asarray(errors, np.float64)
   font = ImageFont.load_default()
   g, s = len(groups), len(series)
-  bar_w, gap, left, top, plot_h = 14, 24, 60, 40, 300
+  gap, left, top, plot_h = 24, 60, 40, 300
   bottom = int(0.87 * (8 * max((len(x) for x in groups), default=4) + 4)) + 30  # rotated labels
   legend_w = 10 + max((8 * len(x) for x in series), default=0) + 30
-  width = left + g * (s * bar_w + gap) + legend_w
-  img = Image.new("RGB", (max(width, 400, 6 * len(title) + left), top + plot_h + bottom), "white")
+  # The canvas is at least as wide as the title; bars (14-40 px) widen to fill it.
+  min_width = max(400, 6 * len(title) + left)
+  bar_w = max(14, min(40, ((min_width - left - legend_w) // max(g, 1) - gap) // max(s, 1)))
+  width = max(left + g * (s * bar_w + gap) + legend_w, min_width)
+  img = Image.new("RGB", (width, top + plot_h + bottom), "white")
   d = ImageDraw.Draw(img)
   tops = values + np.where(np.isfinite(errors), errors, 0.0)
   finite = tops[np.isfinite(tops)]
