@@ -8,8 +8,8 @@ setuptools.setup(
     version="0.1.0",
     description="AVDiT audio-video diffusion transformer trained with a Mixture of Noise Levels (JAX/Flax)",
     packages=setuptools.find_packages(include=["monl", "monl.*", "configs"]),
-    # the fused CPU attention kernel's source, compiled on first use (monl/models/attention_kernel.py)
-    package_data={"monl.models": ["attention_cpu.cc"]},
+    # the C++ CPU kernels' sources, compiled on first use (monl/models/cpu_kernels.py)
+    package_data={"monl.models": ["attention_cpu.cc", "matmul_cpu.cc", "cpu_kernels.h"]},
     python_requires=">=3.11",
     install_requires=[
         f"jax>={JAX_VERSION}",

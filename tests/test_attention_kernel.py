@@ -1,6 +1,6 @@
 """The fused CPU attention kernel (monl/models/attention_cpu.cc through XLA's FFI): values and gradients
 against JAX's einsums for awkward shapes, with and without the logit bias, other dtypes, per-shard
-execution under a mesh, the build cache, and the errors when it cannot be built or used."""
+execution under a mesh, and the errors when it cannot be used (the build: test_cpu_kernels.py)."""
 import os
 
 import jax
@@ -86,32 +86,6 @@ def test_kernel_keeps_probabilities_only_within_its_budget_and_keeps_other_dtype
       low).dtype == jnp.bfloat16
   with pytest.raises(ValueError, match=r"bias must be \[H, L, L\] = \(2, 48, 48\), got \(2, 48, 47\)"):
     kernel(q, q, q, jnp.zeros((2, 48, 47)))
-
-
-def test_build_is_cached_by_source_and_where_monl_kernel_cache_says(tmp_path, monkeypatch):
-  path = attention_kernel.build()
-  assert os.path.isfile(path) and path == attention_kernel.library_path()
-  edited = tmp_path / "attention_cpu.cc"
-  edited.write_text(open(attention_kernel.SOURCE).read() + "// edited\n")
-  monkeypatch.setattr(attention_kernel, "SOURCE", str(edited))
-  assert attention_kernel.library_path() != path  # an edited source is never served the old binary
-  monkeypatch.setenv("MONL_KERNEL_CACHE", str(tmp_path / "cache"))
-  assert os.path.dirname(attention_kernel.library_path()) == str(tmp_path / "cache")
-
-
-def test_without_a_compiler_the_error_says_what_to_do(monkeypatch):
-  monkeypatch.setenv("CXX", "")
-  monkeypatch.setattr(attention_kernel.shutil, "which", lambda name: None)
-  with pytest.raises(attention_kernel.KernelUnavailable, match=r"no C\+\+ compiler.*attention='xla'"):
-    attention_kernel.library_path()
-
-
-def test_an_unwritable_cache_names_the_directory(tmp_path, monkeypatch):
-  blocked = tmp_path / "file"
-  blocked.write_text("")
-  monkeypatch.setenv("MONL_KERNEL_CACHE", str(blocked / "kernels"))  # under a file: cannot be created
-  with pytest.raises(attention_kernel.KernelUnavailable, match=r"cannot write .*file/kernels.*MONL_KERNEL_CACHE"):
-    attention_kernel.build.__wrapped__()
 
 
 def test_cpu_kernel_off_cpu_is_a_config_error(monkeypatch):

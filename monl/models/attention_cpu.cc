@@ -4,7 +4,7 @@
 // The backward reads the probabilities where the caller kept them (the forward writes them, [B, H, L, L]),
 // else recomputes them from the saved log-sum-exp (as FlashAttention does).
 //
-// Built on first use by monl/models/attention_kernel.py (g++ -O3 -march=native); GCC vector extensions
+// Built on first use by monl/models/cpu_kernels.py (g++ -O3 -march=native); GCC vector extensions
 // (16 floats) compile to AVX-512, AVX2 or NEON as the host has them.
 //
 // Shapes (float32, row-major): qkv, dqkv [B, L, 3, H, K] (q, k, v packed as one projection writes them, so
@@ -12,14 +12,9 @@
 // [B, H, L, L] or empty (not kept); bias, dbias [H, L, L] (the "Bias" handlers). Work items (one per batch
 // and head) run on XLA's intra-op thread pool.
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
-#include <functional>
-#include <memory>
-#include <mutex>
 #include <optional>
 #include <vector>
 
@@ -27,24 +22,23 @@
 #include <immintrin.h>
 #endif
 
-#include "xla/ffi/api/ffi.h"
+#include "cpu_kernels.h"
 
 namespace ffi = xla::ffi;
+using monl::load;
+using monl::parallel_for;
+using monl::splat;
+using monl::store;
+using monl::vf;
+using monl::vi;
+using monl::W;
 
 namespace {
 
-constexpr int W = 16;  // floats per vector
-typedef float vf __attribute__((vector_size(W * sizeof(float))));
-typedef int32_t vi __attribute__((vector_size(W * sizeof(int32_t))));
 constexpr int R = 8;   // query rows per block
 constexpr int RB = 32; // query rows per backward block: dK, dV are read and written once per RB rows
 
 inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
-// {x, ..., x} compiles to one broadcast; `vf{} + x` would add an addition (x + 0 is not x for -0).
-inline vf splat(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
-static_assert(W == 16, "splat spells out 16 lanes");
-inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof(vf)); return v; }
-inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof(vf)); }
 inline float hsum(vf v) {
   float t = 0.0f;
   for (int i = 0; i < W; ++i) t += v[i];
@@ -81,31 +75,6 @@ inline vf vexp(vf x) {
   std::memcpy(&scale, &bits, sizeof(vf));
   return p * scale;
 #endif
-}
-
-// Runs fn(i) for i in [0, n) on the pool and the calling thread; returns when all are done.
-void parallel_for(ffi::ThreadPool& pool, int64_t n, const std::function<void(int64_t)>& fn) {
-  struct State {
-    std::atomic<int64_t> next{0}, done{0};
-    std::mutex mu;
-    std::condition_variable cv;
-  };
-  auto state = std::make_shared<State>();
-  auto work = [state, n, &fn] {
-    for (int64_t i; (i = state->next.fetch_add(1)) < n;) {
-      fn(i);
-      if (state->done.fetch_add(1) + 1 == n) {
-        std::lock_guard<std::mutex> lock(state->mu);
-        state->cv.notify_all();
-      }
-    }
-  };
-  int64_t helpers = std::min<int64_t>(pool.num_threads(), n - 1);
-  // A helper that starts after all items are taken returns without touching `fn` (it owns `state`).
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([state, work] { work(); });
-  work();
-  std::unique_lock<std::mutex> lock(state->mu);
-  state->cv.wait(lock, [&] { return state->done.load() == n; });
 }
 
 // Per-thread scratch for one (batch, head): padded copies and transposes.

@@ -5,31 +5,19 @@
 (`layers.dot_attention(..., "cpu_kernel")` calls it on heads-major arrays). The forward keeps the
 probabilities [B, H, L, L] for the backward while they fit in `KEEP_PROBS_MAX_BYTES`; beyond that the
 backward recomputes them from the saved log-sum-exp (as FlashAttention does), so no [B, H, L, L] array
-exists in the compiled step and attention's memory stays linear in L. `build()` compiles
-the source with the host's C++ compiler (`$CXX`, else g++ / c++ / clang++) for this CPU (-march=native) into
-`$MONL_KERNEL_CACHE` (default ~/.cache/monl/kernels), keyed by source, flags, compiler, jaxlib and CPU,
-so a second process (or a second host sharing the home directory) never reuses a wrong binary.
+exists in the compiled step and attention's memory stays linear in L. The kernel is part of the C++
+library that `cpu_kernels.build()` compiles on first use.
 """
 from __future__ import annotations
 
-import ctypes
-import functools
-import hashlib
 import math
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "attention_cpu.cc")
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
-TARGETS = {"fwd": "MonlAttentionFwd", "fwd_bias": "MonlAttentionFwdBias",
-           "bwd": "MonlAttentionBwd", "bwd_bias": "MonlAttentionBwdBias"}
+from monl.models import cpu_kernels
+
 # Probabilities of at most this many bytes per call (per shard under a mesh) are kept from the forward:
 # the backward then skips q k^T and its exp, a fifth of its products and its costliest pass. Mid-size
 # (B 8, H 6, L 512): 48 MiB per layer, 576 MiB more for 12 layers, a 2 % faster train step
@@ -37,84 +25,8 @@ TARGETS = {"fwd": "MonlAttentionFwd", "fwd_bias": "MonlAttentionFwdBias",
 KEEP_PROBS_MAX_BYTES = 64 << 20
 
 
-class KernelUnavailable(RuntimeError):
-  """The kernel cannot be built on this host (no C++ compiler, or it failed); the message says why."""
-
-
-def _compiler() -> str:
-  for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
-    if name and shutil.which(name):
-      return shutil.which(name)
-  raise KernelUnavailable("no C++ compiler found ($CXX, g++, c++, clang++): the fused CPU attention "
-                          "kernel needs one (e.g. `apt-get install g++`); config.model.attention='xla' "
-                          "runs without it")
-
-
-def _cpu_id() -> str:
-  """What -march=native compiles for: the CPU model and its feature flags."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      lines = [l for l in f.read().splitlines() if l.startswith(("model name", "flags", "Features"))]
-    return "\n".join(sorted(set(lines)))
-  except OSError:
-    return platform.processor() or platform.machine()
-
-
-def library_path() -> str:
-  """Where the built kernel for this host lives (built or not)."""
-  cxx = _compiler()
-  with open(SOURCE, "rb") as f:
-    src = f.read()
-  key = hashlib.sha256(b"\0".join([src, " ".join(FLAGS).encode(), cxx.encode(), jax.ffi.include_dir().encode(),
-                                   jax.__version__.encode(), _cpu_id().encode()])).hexdigest()[:16]
-  cache = os.environ.get("MONL_KERNEL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "monl",
-                                                              "kernels")
-  return os.path.join(cache, f"attention_cpu_{key}.so")
-
-
-@functools.lru_cache(maxsize=None)
-def build() -> str:
-  """Compiles the kernel (once per host and source; cached on disk) and registers its FFI targets.
-
-  Returns the library's path; raises KernelUnavailable naming the compiler's error.
-  """
-  path = library_path()
-  if not os.path.exists(path):
-    try:
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
-    except OSError as e:
-      raise KernelUnavailable(f"cannot write the CPU attention kernel's cache {os.path.dirname(path)} ({e}); "
-                              "set MONL_KERNEL_CACHE to a writable directory") from e
-    os.close(fd)
-    cmd = [_compiler(), *FLAGS, "-I", jax.ffi.include_dir(), SOURCE, "-o", tmp]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-      os.unlink(tmp)
-      raise KernelUnavailable(f"building the fused CPU attention kernel failed ({' '.join(cmd)}):\n"
-                              f"{proc.stderr[-4000:]}")
-    os.replace(tmp, path)  # atomic: a concurrent process sees no file or a whole one
-  try:
-    lib = ctypes.CDLL(path)
-  except OSError as e:
-    raise KernelUnavailable(f"loading the CPU attention kernel {path} failed ({e}); delete it to rebuild") from e
-  for target, symbol in TARGETS.items():
-    jax.ffi.register_ffi_target(f"monl_attention_{target}", jax.ffi.pycapsule(getattr(lib, symbol)),
-                                platform="cpu")
-  return path
-
-
-def available() -> str | None:
-  """None when the kernel is built and registered, else why not."""
-  try:
-    build()
-  except KernelUnavailable as e:
-    return str(e)
-  return None
-
-
 def _call(target: str, results, *args, scale: float):
-  build()  # registers the targets (once per process; raises KernelUnavailable if it cannot)
+  cpu_kernels.build()  # registers the targets (once per process; raises KernelUnavailable if it cannot)
   return jax.ffi.ffi_call(f"monl_attention_{target}", results, vmap_method="sequential")(
       *args, scale=np.float32(scale))
 
@@ -126,7 +38,7 @@ def packed_attention(qkv: jax.Array, bias: jax.Array | None = None) -> jax.Array
 
   This layout needs no head transposes around the call: the projection in is one [B L, D] x [D, 3 H K]
   product, the projection out one [B L, H K] x [H K, D] product. Computed in float32 (other dtypes are
-  cast). Builds the kernel on first use (`build()`).
+  cast). Builds the kernel on first use (`cpu_kernels.build()`).
   """
   # Not differentiated (sampling, evaluation): nothing to keep for a backward.
   return _forward(qkv, bias, keep_probs=False)[0].astype(qkv.dtype)

@@ -57,13 +57,16 @@ CPU_MATMUL_MIN_ROWS = 1024
 
 @jax.custom_vjp
 def cpu_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-  """x [N, I] @ w [I, O] -> [N, O], with a weight gradient that XLA:CPU runs through YNNPACK.
+  """x [N, I] @ w [I, O] -> [N, O], with a weight gradient that does not go to Eigen.
 
   JAX writes dW = x^T dy as a dot contracting both operands' first axis. XLA:CPU lays that out as
-  x^T (dy^T)^T and leaves it to Eigen, at 60-75 % of YNNPACK's rate. Here dW^T = dy^T x is a plain
-  [O, N] x [N, I] product on an explicitly transposed dy (a gradient XLA materialises anyway; x, the
-  layer-normed input, would be recomputed inside the transpose), and the small [O, I] result is
-  transposed back.
+  x^T (dy^T)^T and leaves it to Eigen, at 60-75 % of YNNPACK's rate. Here, when O >= I, dW is the C++
+  kernel `cpu_kernels.transposed_product(x, dy)`, which packs rows of x and dy as it reads them (no
+  transpose pass). Otherwise, or where that kernel cannot be built, or when the step is partitioned over
+  several devices (XLA's SPMD partitioner cannot split a custom call), dW^T = dy^T x is a plain
+  [O, N] x [N, I] product that XLA:CPU gives to YNNPACK, on an explicitly transposed dy (a gradient XLA
+  materialises anyway; x, the layer-normed input, would be recomputed inside the transpose), and the
+  small [O, I] result is transposed back.
   """
   return x @ w
 
@@ -74,6 +77,12 @@ def _cpu_matmul_fwd(x, w):
 
 def _cpu_matmul_bwd(res, dy):
   x, w = res
+  # The kernel's own product runs at ~85 % of YNNPACK's rate, so it pays where it saves a large transpose:
+  # dy at least as wide as x (PERF_LOG section 17).
+  if (w.shape[1] >= w.shape[0] and jax.sharding.get_abstract_mesh().size <= 1
+      and _cpu_kernels_unavailable() is None):
+    from monl.models import cpu_kernels
+    return dy @ w.T, cpu_kernels.transposed_product(x, dy).astype(w.dtype)
   # Both barriers are needed: without the outer one XLA folds the result's transpose into the dot and the
   # weight gradients go back to Eigen (71 dots outside YNNPACK in the mid-size step instead of 4).
   dw_t = jax.lax.optimization_barrier(_transposed(dy) @ x)
@@ -351,12 +360,14 @@ cpu_attention.defvjp(_cpu_attention_fwd, _cpu_attention_bwd)
 
 
 @functools.lru_cache(maxsize=None)
-def _cpu_kernel_unavailable() -> str | None:
-  """None when the fused CPU kernel builds; else why not, logged once (then "auto" runs "xla")."""
-  from monl.models import attention_kernel
-  why = attention_kernel.available()
+def _cpu_kernels_unavailable() -> str | None:
+  """None when the C++ CPU kernels build; else why not, logged once (then attention "auto" runs "xla" and
+  `cpu_matmul`'s weight gradients take XLA's products)."""
+  from monl.models import cpu_kernels
+  why = cpu_kernels.available()
   if why is not None:
-    logging.warning("config.model.attention='auto' runs 'xla' on CPU: %s", why)
+    logging.warning("the C++ CPU kernels are unavailable, so config.model.attention='auto' runs 'xla' on CPU "
+                    "and dense weight gradients use XLA's products: %s", why)
   return why
 
 
@@ -370,17 +381,17 @@ def resolve_attention(implementation: str, with_bias: bool) -> str:
   if implementation == "auto":
     if platform == "tpu" and not with_bias:
       return "splash"
-    if platform == "cpu" and _cpu_kernel_unavailable() is None:
+    if platform == "cpu" and _cpu_kernels_unavailable() is None:
       return "cpu_kernel"
     return "xla"
   if implementation == "cpu_kernel":
     if platform != "cpu":
       raise ValueError(f"config.model.attention='cpu_kernel' runs on CPU only; compiling for {platform}: "
                        "use 'auto' or 'xla'")
-    from monl.models import attention_kernel
+    from monl.models import cpu_kernels
     try:
-      attention_kernel.build()
-    except attention_kernel.KernelUnavailable as e:
+      cpu_kernels.build()
+    except cpu_kernels.KernelUnavailable as e:
       raise ValueError(f"config.model.attention='cpu_kernel': {e}") from e
   return implementation
 
