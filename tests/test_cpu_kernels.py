@@ -49,7 +49,7 @@ def test_transposed_product_matches_numpy(n, n_in, n_out):
   want = a.astype(np.float64).T @ b
   assert got.shape == (n_in, n_out) and got.dtype == np.float32
   np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * max(n, 1) ** 0.5 * 4)
-  with pytest.raises(ValueError, match=r"transposed_product: expected a \[N, I\] and b \[N, O\], got \(3, 2\) and \(4, 2\)"):
+  with pytest.raises(ValueError, match=r"expected a \[N, I\] and b \[N, O\], got \(3, 2\) and \(4, 2\)"):
     cpu_kernels.transposed_product(jnp.zeros((3, 2)), jnp.zeros((4, 2)))
 
 

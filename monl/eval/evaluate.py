@@ -18,7 +18,8 @@ For every task (named tasks of `monl.sample.tasks`, the eval split `config.data.
      lower is better, each with the same score on the real clips (the reference floor) and on real
      cells of unrelated clips (`unrelated_cells`, chance):
      - bouncing ball (`monl.data.synthetic`): `trajectory_error`, `background_noise` and
-       `appearance_drift` when any video cell is generated, `av_agreement` and `bounce_sync` (cross-modal) for every task;
+       `appearance_drift` when any video cell is generated, `av_agreement` and `bounce_sync`
+       (cross-modal) for every task;
      - symbols (`monl.data.symbols`): `cell_error` (generated cells with the wrong symbol for the given
        cells and the rule) when any cell is generated, `cross_modal_agreement` for every task; the
        true symbols are those of the real clips the task conditioned on.
