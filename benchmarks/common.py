@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -191,17 +192,23 @@ def step_flops(setup: "Setup") -> float:
 
   XLA's cost analysis counts the body of a while loop once, so a step with `nn.scan` over the layers
   reports about 1/depth of the work, and it counts nothing for a custom call (the fused CPU attention
-  kernel, the splash kernel). This lowers the same step with `scan_layers=False` and attention "xla"
-  (same math) and reads `Lowered.cost_analysis()` (XLA's HLO cost analysis, before optimisation; no
-  compile).
+  kernel, the splash kernel, the weight-gradient kernel). This lowers the same step with
+  `scan_layers=False`, attention "xla" and JAX's own products (`layers.CPU_MATMUL_MIN_ROWS` out of
+  reach; all the same math) and reads `Lowered.cost_analysis()` (XLA's HLO cost analysis, before
+  optimisation; no compile).
   """
   import copy
   import jax
+  from monl.models import layers
   config = copy.deepcopy(setup.config)
   config.model.scan_layers = False
   config.model.attention = "xla"
   s = Setup(config, batch_size=setup.batch_size)
-  lowered = s.step_fn().lower(s.abstract_state(), s.abstract_batch(), jax.ShapeDtypeStruct((), s.key.dtype))
+  min_rows, layers.CPU_MATMUL_MIN_ROWS = layers.CPU_MATMUL_MIN_ROWS, math.inf
+  try:
+    lowered = s.step_fn().lower(s.abstract_state(), s.abstract_batch(), jax.ShapeDtypeStruct((), s.key.dtype))
+  finally:
+    layers.CPU_MATMUL_MIN_ROWS = min_rows
   ca = lowered.cost_analysis()
   if isinstance(ca, (list, tuple)):
     ca = ca[0]

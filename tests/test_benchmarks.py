@@ -141,3 +141,23 @@ def test_ab_step_variants_parse_and_patch_only_existing_attributes():
     with ab_step.patched([("monl.models.layers", "CPU_MATMUL_MIN_ROWS", 7), ("monl.models.layers", "CPU_MATMUL_MIN_ROW", 1)]):
       pass
   assert layers.CPU_MATMUL_MIN_ROWS == before  # restored after the failed patch too
+
+
+def test_step_flops_counts_the_products_the_cpu_kernels_compute():
+  """With every dense product through `cpu_matmul` (whose weight gradients are a custom call that XLA's
+  cost analysis does not count), the step's FLOP count is the same as with JAX's own products."""
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  try:
+    import common
+  finally:
+    sys.path.pop(0)
+  from monl.models import layers
+  setup = common.Setup(common.load_config("default", quick=True))
+  plain = common.step_flops(setup)
+  before = layers.CPU_MATMUL_MIN_ROWS
+  try:
+    layers.CPU_MATMUL_MIN_ROWS = 1
+    assert common.step_flops(setup) == plain > 0
+    assert layers.CPU_MATMUL_MIN_ROWS == 1  # restored to what it was
+  finally:
+    layers.CPU_MATMUL_MIN_ROWS = before
