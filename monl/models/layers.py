@@ -82,11 +82,12 @@ def _cpu_matmul_bwd(res, dy):
   if (w.shape[1] >= w.shape[0] and jax.sharding.get_abstract_mesh().size <= 1
       and _cpu_kernels_unavailable() is None):
     from monl.models import cpu_kernels
-    return dy @ w.T, cpu_kernels.transposed_product(x, dy).astype(w.dtype)
-  # Both barriers are needed: without the outer one XLA folds the result's transpose into the dot and the
-  # weight gradients go back to Eigen (71 dots outside YNNPACK in the mid-size step instead of 4).
-  dw_t = jax.lax.optimization_barrier(_transposed(dy) @ x)
-  return dy @ w.T, jnp.swapaxes(dw_t, 0, 1).astype(w.dtype)
+    dw = cpu_kernels.transposed_product(x, dy)
+  else:
+    # Both barriers are needed: without the outer one XLA folds the result's transpose into the dot and
+    # the weight gradients go back to Eigen (71 dots outside YNNPACK in the mid-size step instead of 4).
+    dw = jnp.swapaxes(jax.lax.optimization_barrier(_transposed(dy) @ x), 0, 1)
+  return dy @ w.T, dw.astype(w.dtype)
 
 
 cpu_matmul.defvjp(_cpu_matmul_fwd, _cpu_matmul_bwd)

@@ -31,7 +31,6 @@ constexpr int MI = 8;         // rows of c per register tile
 constexpr int MO = 2 * W;     // columns of c per register tile
 constexpr int64_t NC = 256;   // rows of a and b per packed chunk
 constexpr int64_t IC = 512;   // columns of a per packed block
-constexpr int64_t MIN_ROWS_PER_THREAD = NC;
 
 // c[mi, mo] (+)= sum_k a[k, 0:mi] b[k, 0:mo] for a packed [n][8] and b packed [n][32] (zero padded);
 // `first`: c is written, not added to.
@@ -105,8 +104,9 @@ ffi::Error TransposedProduct(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi:
     std::memset(out, 0, sizeof(float) * I * O);
     return ffi::Error::Success();
   }
-  // One slice of N per thread of XLA's intra-op pool (one more, for the calling thread, was slower on 2 cores).
-  const int64_t T = std::clamp<int64_t>(N / MIN_ROWS_PER_THREAD, 1, std::max<int64_t>(pool.num_threads(), 1));
+  // One slice of N (at least a chunk) per thread of XLA's intra-op pool (one more, for the calling thread,
+  // was slower on 2 cores).
+  const int64_t T = std::clamp<int64_t>(N / NC, 1, std::max<int64_t>(pool.num_threads(), 1));
   std::vector<float> partial(size_t((T - 1) * I * O));
   monl::parallel_for(pool, T, [&](int64_t t) {
     const int64_t lo = N * t / T, hi = N * (t + 1) / T;
