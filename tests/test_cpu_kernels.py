@@ -1,6 +1,9 @@
 """monl's C++ kernels for XLA:CPU (monl/models/cpu_kernels.py): the build cache, the errors when they
 cannot be built, and the weight-gradient product (matmul_cpu.cc) against numpy and through `cpu_matmul`."""
 import os
+import platform
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +11,8 @@ import numpy as np
 import pytest
 
 from monl.models import cpu_kernels, layers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_build_is_cached_by_source_and_where_monl_kernel_cache_says(tmp_path, monkeypatch):
@@ -39,7 +44,8 @@ def test_an_unwritable_cache_names_the_directory(tmp_path, monkeypatch):
 
 
 # N: empty, below and not a multiple of the 256-row chunks, and several chunks per thread; I, O: below,
-# not a multiple of, and a multiple of the 8 x 32 register tile, and I over the 512-column block.
+# not a multiple of, and a multiple of the register tile (8 x 32 on AVX-512, 4 x 16 on AVX2, 4 x 8 on
+# SSE), and I over the 512-column block.
 @pytest.mark.parametrize("n,n_in,n_out", [(0, 8, 32), (5, 3, 7), (300, 37, 45), (1100, 600, 64), (2048, 16, 96)])
 def test_transposed_product_matches_numpy(n, n_in, n_out):
   rng = np.random.default_rng(n + n_in)
@@ -71,3 +77,48 @@ def test_cpu_matmul_takes_its_weight_gradient_from_the_kernel():
   finally:
     layers._cpu_kernels_unavailable.cache_clear()
   assert "monl_transposed_product" not in fallback and " dot(" not in fallback.split("\nENTRY")[1]
+
+
+# x86-64 levels and the CPU flags each needs: the kernels' vectors are 4 floats (SSE) at v2, 8 (AVX2, 16
+# registers: 4-row tiles) at v3 and 16 (AVX-512, 32 registers: 8-row tiles) at v4.
+X86_LEVELS = {"x86-64-v2": {"sse4_2", "popcnt"}, "x86-64-v3": {"avx2", "fma", "bmi2", "movbe"},
+              "x86-64-v4": {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}}
+
+
+def _cpu_flags() -> set[str]:
+  with open("/proc/cpuinfo") as f:
+    return {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or not os.path.exists("/proc/cpuinfo"),
+                    reason="x86-64 on Linux")
+def test_kernels_use_the_hosts_vector_width():
+  """16-float vectors split into two on AVX2, their register tiles spilled, and the kernels ran 5x slower
+  than XLA (benchmarks/PERF_LOG.md section 18): the library's vectors are the CPU's own."""
+  flags = _cpu_flags()
+  want = (16, 8) if "avx512f" in flags else (8, 4) if "avx" in flags else (4, 4)
+  assert cpu_kernels.vector_shape() == want
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or not os.path.exists("/proc/cpuinfo"),
+                    reason="x86-64 levels on Linux")
+@pytest.mark.parametrize("march", sorted(X86_LEVELS))
+def test_kernels_at_every_x86_vector_width(march, tmp_path):
+  """A host runs the kernels at its own vector width only (the other tests, -march=native). Every level
+  compiles here; the levels below the highest this CPU runs also pass the numerical tests (attention
+  against the einsums, the weight-gradient product against numpy) with the library rebuilt for them
+  ($MONL_KERNEL_MARCH, in a subprocess)."""
+  runs = [level for level, needs in sorted(X86_LEVELS.items()) if needs <= _cpu_flags()]
+  if march not in runs[:-1]:
+    cmd = [cpu_kernels._compiler(), *cpu_kernels.FLAGS, f"-march={march}", "-I", jax.ffi.include_dir(),
+           *(p for p in cpu_kernels.SOURCES if p.endswith(".cc")), "-o", str(tmp_path / "kernels.so")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return
+  env = dict(os.environ, MONL_KERNEL_MARCH=march, MONL_KERNEL_CACHE=str(tmp_path / "cache"), JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                         "tests/test_cpu_kernels.py::test_transposed_product_matches_numpy",
+                         "tests/test_attention_kernel.py::test_kernel_matches_the_einsums_and_their_gradients"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+  assert " passed" in proc.stdout and len(os.listdir(tmp_path / "cache")) == 1, proc.stdout[-2000:]

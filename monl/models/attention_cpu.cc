@@ -4,8 +4,8 @@
 // The backward reads the probabilities where the caller kept them (the forward writes them, [B, H, L, L]),
 // else recomputes them from the saved log-sum-exp (as FlashAttention does).
 //
-// Built on first use by monl/models/cpu_kernels.py (g++ -O3 -march=native); GCC vector extensions
-// (16 floats) compile to AVX-512, AVX2 or NEON as the host has them.
+// Built on first use by monl/models/cpu_kernels.py (g++ -O3 -march=native); GCC vector extensions of
+// the host's width (cpu_kernels.h) compile to AVX-512, AVX2, SSE or NEON.
 //
 // Shapes (float32, row-major): qkv, dqkv [B, L, 3, H, K] (q, k, v packed as one projection writes them, so
 // that no head transposes are needed around the call); out, dout [B, L, H, K]; lse [B, H, L]; probs
@@ -18,24 +18,26 @@
 #include <optional>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(__AVX__)
 #include <immintrin.h>
 #endif
 
 #include "cpu_kernels.h"
 
 namespace ffi = xla::ffi;
+using monl::in_register;
 using monl::load;
 using monl::parallel_for;
 using monl::splat;
 using monl::store;
+using monl::TV;
 using monl::vf;
 using monl::vi;
 using monl::W;
 
 namespace {
 
-constexpr int R = 8;   // query rows per block
+constexpr int R = monl::TR;  // query rows per block (a register tile's rows)
 constexpr int RB = 32; // query rows per backward block: dK, dV are read and written once per RB rows
 
 inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
@@ -79,62 +81,61 @@ inline vf vexp(vf x) {
 
 // Per-thread scratch for one (batch, head): padded copies and transposes.
 struct Head {
-  int L, K, Lp, Kp, Lq;  // Lp: keys padded to W; Kp: head dim padded to W; Lq: rows padded to RB
+  // Lp: keys padded to W; Kp: head dim padded to W; Lq: rows padded to RB; Lt: the transposes' row stride,
+  // Lp plus a cache line, so that a column of them (Lp a multiple of 2 KiB apart) does not fall into two
+  // L1 sets (AVX2 -5 %)
+  int L, K, Lp, Kp, Lq, Lt;
   std::vector<float> q, kt, krow, vt, vrow, o, d;
-  Head(int L_, int K_) : L(L_), K(K_), Lp(round_up(L_, W)), Kp(round_up(K_, W)), Lq(round_up(L_, RB)) {}
+  Head(int L_, int K_) : L(L_), K(K_), Lp(round_up(L_, W)), Kp(round_up(K_, W)), Lq(round_up(L_, RB)), Lt(Lp + 64 / int(sizeof(float))) {}
 
   // rows [L, K] (row i at src + i * stride) -> [Lr, Kp] zero padded
   static void rows(const float* src, int64_t stride, int L, int K, int Lr, int Kp, std::vector<float>& dst) {
     dst.assign(size_t(Lr) * Kp, 0.0f);
     for (int i = 0; i < L; ++i) std::memcpy(&dst[size_t(i) * Kp], src + i * stride, K * sizeof(float));
   }
-  // rows [L, K] (row i at src + i * stride) -> [Kp, Lp] zero padded. In blocks of W rows, so that each
-  // destination row is written a cache line at a time: row by row, the K destination rows (Lp floats
-  // apart, a multiple of 2 KiB) fall into a few cache sets and evict each other on every store.
-  static void cols(const float* src, int64_t stride, int L, int K, int Lp, int Kp, std::vector<float>& dst) {
-    dst.assign(size_t(Kp) * Lp, 0.0f);
+  // rows [L, K] (row i at src + i * stride) -> [Kp, Lt] zero padded. In blocks of W rows, so that each
+  // destination row is written a cache line at a time.
+  static void cols(const float* src, int64_t stride, int L, int K, int Lt, int Kp, std::vector<float>& dst) {
+    dst.assign(size_t(Kp) * Lt, 0.0f);
     for (int i0 = 0; i0 < L; i0 += W) {
       const int n = std::min(W, L - i0);
       for (int c = 0; c < K; ++c) {
-        float* d = &dst[size_t(c) * Lp + i0];
+        float* d = &dst[size_t(c) * Lt + i0];
         for (int i = 0; i < n; ++i) d[i] = src[(i0 + i) * stride + c];
       }
     }
   }
 };
 
-// s[r, j] = sum_c a[r, c] * bt[c, j] for R rows of a ([., Kp]) and all Lp columns of bt ([Kp, Lp]).
-void rows_times_cols(const float* a, const float* bt, int Kp, int Lp, float* s) {
+// s[r, j] = sum_c a[r, c] * bt[c, j] for R rows of a ([., Kp]) and all Lp columns of bt ([Kp, Lt]).
+void rows_times_cols(const float* a, const float* bt, int Kp, int Lp, int Lt, float* s) {
   int j = 0;
-  for (; j + 2 * W <= Lp; j += 2 * W) {
-    vf acc[R][2] = {};
+  for (; j + TV * W <= Lp; j += TV * W) {
+    vf acc[R][TV] = {};
     for (int c = 0; c < Kp; ++c) {
-      vf b0 = load(bt + size_t(c) * Lp + j), b1 = load(bt + size_t(c) * Lp + j + W);
+      vf b[TV];
+      for (int v = 0; v < TV; ++v) in_register(b[v] = load(bt + size_t(c) * Lt + j + v * W));
       for (int r = 0; r < R; ++r) {
         vf x = splat(a[size_t(r) * Kp + c]);
-        acc[r][0] += x * b0;
-        acc[r][1] += x * b1;
+        for (int v = 0; v < TV; ++v) acc[r][v] += x * b[v];
       }
     }
-    for (int r = 0; r < R; ++r) {
-      store(s + size_t(r) * Lp + j, acc[r][0]);
-      store(s + size_t(r) * Lp + j + W, acc[r][1]);
-    }
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < TV; ++v) store(s + size_t(r) * Lp + j + v * W, acc[r][v]);
   }
   for (; j < Lp; j += W) {
     vf acc[R] = {};
     for (int c = 0; c < Kp; ++c) {
-      vf b0 = load(bt + size_t(c) * Lp + j);
+      vf b0 = load(bt + size_t(c) * Lt + j);
       for (int r = 0; r < R; ++r) acc[r] += splat(a[size_t(r) * Kp + c]) * b0;
     }
     for (int r = 0; r < R; ++r) store(s + size_t(r) * Lp + j, acc[r]);
   }
 }
 
-// The three products below use register tiles of 8 rows x 2 vectors (16 accumulators), in which every
-// loaded vector feeds 8 FMAs and every broadcast 2: one load per 1.6 FMAs keeps them FMA-bound. (Tiles
-// of 4 x 4, each vector feeding 4 FMAs as a memory operand, ran at half that rate on AVX-512: loads
-// rather than FMAs were the limit.)
+// The products use register tiles of R rows x 2 vectors (cpu_kernels.h), in which every loaded vector
+// feeds R FMAs and every broadcast 2: on AVX-512 (R = 8) one load per 1.6 FMAs keeps them FMA-bound. (Tiles of 4 x 4, each vector feeding 4 FMAs as a memory operand, ran at half that rate
+// on AVX-512: loads rather than FMAs were the limit.)
 
 // o[r, c0 : c0 + NV W] = sum_j p[r, j] * b[j, c0 : ...] for R rows of p ([., Lp], first L columns).
 // NV is a template argument so that the accumulators stay in registers.
@@ -143,7 +144,7 @@ void rows_times_rows_part(const float* p, const float* b, int L, int Lp, int Kp,
   vf acc[R][NV] = {};
   for (int j = 0; j < L; ++j) {
     vf bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = load(b + size_t(j) * Kp + c0 + v * W);
+    for (int v = 0; v < NV; ++v) in_register(bv[v] = load(b + size_t(j) * Kp + c0 + v * W));
     for (int r = 0; r < R; ++r) {
       vf x = splat(p[size_t(r) * Lp + j]);
       for (int v = 0; v < NV; ++v) acc[r][v] += x * bv[v];
@@ -156,7 +157,7 @@ void rows_times_rows_part(const float* p, const float* b, int L, int Lp, int Kp,
 // o = p b for R rows of p ([., Lp], first L columns) and b [Lp, Kp]: o [R, Kp].
 void rows_times_rows(const float* p, const float* b, int L, int Lp, int Kp, float* o) {
   int c0 = 0;
-  for (; c0 + 2 * W <= Kp; c0 += 2 * W) rows_times_rows_part<2>(p, b, L, Lp, Kp, c0, o);
+  for (; c0 + TV * W <= Kp; c0 += TV * W) rows_times_rows_part<TV>(p, b, L, Lp, Kp, c0, o);
   if (c0 < Kp) rows_times_rows_part<1>(p, b, L, Lp, Kp, c0, o);
 }
 
@@ -169,7 +170,7 @@ inline void cols_times_rows_part(const float* g, const float* a, int rows, int L
     for (int v = 0; v < NV; ++v) t[j][v] = load(acc + size_t(j0 + j) * Kp + c0 + v * W);
   for (int r = 0; r < rows; ++r) {
     vf av[NV];
-    for (int v = 0; v < NV; ++v) av[v] = load(a + size_t(r) * Kp + c0 + v * W);
+    for (int v = 0; v < NV; ++v) in_register(av[v] = load(a + size_t(r) * Kp + c0 + v * W));
     for (int j = 0; j < NJ; ++j) {
       vf x = splat(g[size_t(r) * Lp + j0 + j]);
       for (int v = 0; v < NV; ++v) t[j][v] += x * av[v];
@@ -189,7 +190,7 @@ void cols_times_rows_cols(const float* g, const float* a, int rows, int L, int L
 // acc[j, :] += sum_r g[r, j] * a[r, :] for the first `rows` rows; g [., Lp], a [., Kp], acc [Lp, Kp].
 void cols_times_rows_acc(const float* g, const float* a, int rows, int L, int Lp, int Kp, float* acc) {
   int c0 = 0;
-  for (; c0 + 2 * W <= Kp; c0 += 2 * W) cols_times_rows_cols<2>(g, a, rows, L, Lp, Kp, c0, acc);
+  for (; c0 + TV * W <= Kp; c0 += TV * W) cols_times_rows_cols<TV>(g, a, rows, L, Lp, Kp, c0, acc);
   if (c0 < Kp) cols_times_rows_cols<1>(g, a, rows, L, Lp, Kp, c0, acc);
 }
 
@@ -209,7 +210,7 @@ float row_max(const float* row, int L) {
 
 // logits of R rows starting at i0: s = scale * q k^T (+ bias[h]); columns >= L are never read.
 void logits(const Head& hd, int i0, float scale, const float* bias, float* s) {
-  rows_times_cols(&hd.q[size_t(i0) * hd.Kp], hd.kt.data(), hd.Kp, hd.Lp, s);
+  rows_times_cols(&hd.q[size_t(i0) * hd.Kp], hd.kt.data(), hd.Kp, hd.Lp, hd.Lt, s);
   for (int r = 0; r < R; ++r) {
     float* row = s + size_t(r) * hd.Lp;
     const float* b = (bias && i0 + r < hd.L) ? bias + size_t(i0 + r) * hd.L : nullptr;
@@ -232,14 +233,18 @@ float exp_row(float* row, int L, int Lp, float m) {
   return total;
 }
 
-// dst[0 : L] = row[0 : L] * c. On AVX-512 with dst aligned, non-temporal stores: the kept probabilities
+// dst[0 : L] = row[0 : L] * c. On AVX with dst aligned, non-temporal stores: the kept probabilities
 // ([B, H, L, L], far beyond the caches) are read back only by the backward, so they skip the read for
-// ownership and the caches (forward -3 %). The caller fences (`store_fence`) before another thread reads.
+// ownership and the caches (forward -3 % on AVX-512). The caller fences (`store_fence`) before another
+// thread reads.
 inline void scale_row(const float* row, int L, float c, float* dst) {
   int j = 0;
 #if defined(__AVX512F__)
   if (reinterpret_cast<uintptr_t>(dst) % 64 == 0)
     for (; j + W <= L; j += W) _mm512_stream_ps(dst + j, (__m512)(load(row + j) * c));
+#elif defined(__AVX__)
+  if (reinterpret_cast<uintptr_t>(dst) % 32 == 0)
+    for (; j + W <= L; j += W) _mm256_stream_ps(dst + j, (__m256)(load(row + j) * c));
 #endif
   for (; j + W <= L; j += W) store(dst + j, load(row + j) * c);
   for (; j < L; ++j) dst[j] = row[j] * c;
@@ -247,7 +252,7 @@ inline void scale_row(const float* row, int L, float c, float* dst) {
 
 // Orders scale_row's non-temporal stores before the stores that follow (the work item's completion).
 inline void store_fence() {
-#if defined(__AVX512F__)
+#if defined(__AVX__)
   _mm_sfence();
 #endif
 }
@@ -265,7 +270,7 @@ struct HeadArgs {
 void forward_head(Head& hd, const HeadArgs& a, float* out, int64_t os, float* lse, float* probs) {
   const int L = hd.L, K = hd.K, Lp = hd.Lp, Kp = hd.Kp;
   Head::rows(a.q, a.qs, L, K, hd.Lq, Kp, hd.q);
-  Head::cols(a.k, a.qs, L, K, Lp, Kp, hd.kt);
+  Head::cols(a.k, a.qs, L, K, hd.Lt, Kp, hd.kt);
   Head::rows(a.v, a.qs, L, K, Lp, Kp, hd.vrow);
   std::vector<float> s(size_t(R) * Lp), o(size_t(R) * Kp);
   for (int i0 = 0; i0 < L; i0 += R) {
@@ -292,9 +297,9 @@ void backward_head(Head& hd, const HeadArgs& a, const float* out, const float* d
   const int L = hd.L, K = hd.K, Lp = hd.Lp, Kp = hd.Kp;
   const float scale = a.scale;
   Head::rows(a.q, a.qs, L, K, hd.Lq, Kp, hd.q);
-  if (!probs) Head::cols(a.k, a.qs, L, K, Lp, Kp, hd.kt);  // for the logits
+  if (!probs) Head::cols(a.k, a.qs, L, K, hd.Lt, Kp, hd.kt);  // for the logits
   Head::rows(a.k, a.qs, L, K, Lp, Kp, hd.krow);
-  Head::cols(a.v, a.qs, L, K, Lp, Kp, hd.vt);
+  Head::cols(a.v, a.qs, L, K, hd.Lt, Kp, hd.vt);
   Head::rows(dout, os, L, K, hd.Lq, Kp, hd.o);  // dO, padded
   std::vector<float> delta(hd.Lq, 0.0f);       // rowsum(dO * O)
   for (int i = 0; i < L; ++i) {
@@ -312,7 +317,7 @@ void backward_head(Head& hd, const HeadArgs& a, const float* out, const float* d
     const int rows = std::min(RB, L - i0);
     for (int s0 = 0; s0 < RB; s0 += R) {
       if (!probs) logits(hd, i0 + s0, scale, a.bias, &p[size_t(s0) * Lp]);
-      rows_times_cols(&hd.o[size_t(i0 + s0) * Kp], hd.vt.data(), Kp, Lp, &dp[size_t(s0) * Lp]);  // dP = dO V^T
+      rows_times_cols(&hd.o[size_t(i0 + s0) * Kp], hd.vt.data(), Kp, Lp, hd.Lt, &dp[size_t(s0) * Lp]);  // dP = dO V^T
     }
     // P: the kept rows in place when they need no padding, else padded in p (recomputed or copied).
     const float* pb = p.data();

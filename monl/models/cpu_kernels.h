@@ -1,6 +1,7 @@
 // Shared by monl's C++ kernels for XLA:CPU (attention_cpu.cc, matmul_cpu.cc; built by cpu_kernels.py):
-// 16-float vectors through GCC's vector extensions (AVX-512, AVX2 or NEON, as -march=native allows) and a
-// parallel loop on XLA's intra-op thread pool.
+// vectors of the host's native width through GCC's vector extensions (-march=native: 16 floats on
+// AVX-512, 8 on AVX2, 4 on SSE or NEON), the register tile's shape for its register file, and a parallel
+// loop on XLA's intra-op thread pool.
 #pragma once
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <utility>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -18,13 +20,43 @@ namespace monl {
 
 namespace ffi = xla::ffi;
 
+// A vector wider than the hardware's is split by GCC into several, and a register tile of them no
+// longer fits in the registers: with 16-float vectors on AVX2 every product spilled and the kernels ran
+// 5x slower than XLA's own attention (benchmarks/PERF_LOG.md section 18).
+#if defined(__AVX512F__)
 constexpr int W = 16;  // floats per vector
+#elif defined(__AVX__)
+constexpr int W = 8;
+#else
+constexpr int W = 4;
+#endif
+// Register tiles are TR rows x TV vectors: 2 TR accumulators, TV loaded vectors and a broadcast. Eight
+// rows (19 registers) fit the 32 of AVX-512 and AArch64; x86 below AVX-512 has 16, and takes four rows
+// (11 registers: 4 x 2 ran 10-14 % faster than 8 x 1 on AVX2, PERF_LOG section 18).
+#if defined(__AVX512F__) || defined(__aarch64__)
+constexpr int TR = 8;
+#else
+constexpr int TR = 4;
+#endif
+constexpr int TV = 2;
+
 typedef float vf __attribute__((vector_size(W * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(W * sizeof(int32_t))));
 
-// {x, ..., x} compiles to one broadcast; `vf{} + x` would add an addition (x + 0 is not x for -0).
-inline vf splat(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
-static_assert(W == 16, "splat spells out 16 lanes");
+// {x, ..., x} (W times) compiles to one broadcast. Setting the lanes in a loop compiles to W inserts;
+// `vf{} + x` adds an addition (x + 0 is not x for -0).
+template <size_t... I>
+inline vf splat_lanes(float x, std::index_sequence<I...>) { return vf{((void)I, x)...}; }
+inline vf splat(float x) { return splat_lanes(x, std::make_index_sequence<W>()); }
+// Keeps a loaded vector in a register: without it GCC folds the load into every FMA that uses it (as a
+// memory operand), and with 16 registers a tile's loop is bound by those loads.
+inline void in_register(vf& v) {
+#if defined(__x86_64__)
+  asm("" : "+v"(v));
+#elif defined(__aarch64__)
+  asm("" : "+w"(v));
+#endif
+}
 inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof(vf)); return v; }
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof(vf)); }
 

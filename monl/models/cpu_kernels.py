@@ -3,9 +3,11 @@
 The library holds the fused attention (`attention_cpu.cc`, called by `attention_kernel`) and the dense
 layers' weight gradient (`matmul_cpu.cc`, `transposed_product`, called by `layers.cpu_matmul`), with
 their shared vector and thread-pool helpers (`cpu_kernels.h`). `build()` compiles them with the host's
-C++ compiler (`$CXX`, else g++ / c++ / clang++) for this CPU (-march=native) into `$MONL_KERNEL_CACHE`
-(default ~/.cache/monl/kernels), keyed by the sources, flags, compiler, jaxlib and CPU, so a second
-process (or a second host sharing the home directory) never reuses a wrong binary.
+C++ compiler (`$CXX`, else g++ / c++ / clang++) for this CPU (-march=native; `$MONL_KERNEL_MARCH` names
+another target, e.g. x86-64-v3, which the tests use to run the kernels at every vector width the host
+can) into `$MONL_KERNEL_CACHE` (default ~/.cache/monl/kernels), keyed by the sources, flags, compiler,
+jaxlib and CPU, so a second process (or a second host sharing the home directory) never reuses a wrong
+binary.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import jax.numpy as jnp
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = tuple(os.path.join(_HERE, name) for name in ("cpu_kernels.h", "attention_cpu.cc", "matmul_cpu.cc"))
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
+FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC")
 TARGETS = {  # FFI target name -> the library's handler symbol
     "monl_attention_fwd": "MonlAttentionFwd", "monl_attention_fwd_bias": "MonlAttentionFwdBias",
     "monl_attention_bwd": "MonlAttentionBwd", "monl_attention_bwd_bias": "MonlAttentionBwdBias",
@@ -44,6 +46,11 @@ def _compiler() -> str:
                           "config.model.attention='xla' runs without it")
 
 
+def flags() -> tuple[str, ...]:
+  """The compiler's flags: FLAGS and the target (-march=native unless $MONL_KERNEL_MARCH names one)."""
+  return (*FLAGS, f"-march={os.environ.get('MONL_KERNEL_MARCH') or 'native'}")
+
+
 def _cpu_id() -> str:
   """What -march=native compiles for: the CPU model and its feature flags."""
   try:
@@ -61,7 +68,7 @@ def library_path() -> str:
   for path in SOURCES:
     with open(path, "rb") as f:
       src += f.read() + b"\0"
-  key = hashlib.sha256(b"\0".join([src, " ".join(FLAGS).encode(), cxx.encode(), jax.ffi.include_dir().encode(),
+  key = hashlib.sha256(b"\0".join([src, " ".join(flags()).encode(), cxx.encode(), jax.ffi.include_dir().encode(),
                                    jax.__version__.encode(), _cpu_id().encode()])).hexdigest()[:16]
   cache = os.environ.get("MONL_KERNEL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "monl",
                                                               "kernels")
@@ -83,7 +90,7 @@ def build() -> str:
       raise KernelUnavailable(f"cannot write the CPU kernels' cache {os.path.dirname(path)} ({e}); "
                               "set MONL_KERNEL_CACHE to a writable directory") from e
     os.close(fd)
-    cmd = [_compiler(), *FLAGS, "-I", jax.ffi.include_dir(), *(p for p in SOURCES if p.endswith(".cc")), "-o", tmp]
+    cmd = [_compiler(), *flags(), "-I", jax.ffi.include_dir(), *(p for p in SOURCES if p.endswith(".cc")), "-o", tmp]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
       os.unlink(tmp)
@@ -106,6 +113,13 @@ def available() -> str | None:
   except KernelUnavailable as e:
     return str(e)
   return None
+
+
+def vector_shape() -> tuple[int, int]:
+  """(floats per vector, rows per register tile) of the built library: (16, 8) on AVX-512, (8, 4) on AVX2,
+  (4, 4) on SSE, (4, 8) on NEON."""
+  lib = ctypes.CDLL(build())
+  return lib.MonlVectorWidth(), lib.MonlTileRows()
 
 
 def transposed_product(a: jax.Array, b: jax.Array) -> jax.Array:

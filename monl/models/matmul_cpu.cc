@@ -4,11 +4,12 @@
 // XLA:CPU gives a product contracting both operands' first axis to Eigen (60-75 % of YNNPACK's rate);
 // feeding YNNPACK instead needs b transposed first, a pass over [N, O] that costs as much as a fifth of
 // the product itself (benchmarks/PERF_LOG.md sections 14 and 17). Here the transpose never happens: rows
-// of a and b are packed into panels as the product reads them, and an 8 x 32 register tile (16 vector
-// accumulators) sums over N.
+// of a and b are packed into panels as the product reads them, and a register tile of TR rows x TV
+// vectors (cpu_kernels.h; 8 x 32 floats, 16 accumulators, on AVX-512) sums over N.
 //
-// Blocking: N in chunks of NC rows; per chunk, a's columns in blocks of IC (a packed [IC/8][NC][8], at
-// most 512 KiB: it stays in L2 while every 32-column panel of b ([NC][32], 32 KiB) runs against it).
+// Blocking: N in chunks of NC rows; per chunk, a's columns in blocks of IC (a packed [IC/MI][NC][MI], at
+// most 512 KiB: it stays in L2 while every MO-column panel of b ([NC][MO], 32 KiB on AVX-512) runs
+// against it).
 // Threads split N, each into its own [I, O] partial sum (added at the end), so that no two threads write
 // the same output and each packs only its rows.
 #include <algorithm>
@@ -22,17 +23,18 @@ namespace ffi = xla::ffi;
 using monl::load;
 using monl::splat;
 using monl::store;
+using monl::TV;
 using monl::vf;
 using monl::W;
 
 namespace {
 
-constexpr int MI = 8;         // rows of c per register tile
-constexpr int MO = 2 * W;     // columns of c per register tile
+constexpr int MI = monl::TR;  // rows of c per register tile
+constexpr int MO = TV * W;    // columns of c per register tile
 constexpr int64_t NC = 256;   // rows of a and b per packed chunk
 constexpr int64_t IC = 512;   // columns of a per packed block
 
-// c[mi, mo] (+)= sum_k a[k, 0:mi] b[k, 0:mo] for a packed [n][8] and b packed [n][32] (zero padded);
+// c[mi, mo] (+)= sum_k a[k, 0:mi] b[k, 0:mo] for a packed [n][MI] and b packed [n][MO] (zero padded);
 // `first`: c is written, not added to.
 inline void tile(const float* a, const float* b, int64_t n, float* c, int64_t ldc, int mi, int mo, bool first) {
   float edge[MI * MO];
@@ -44,23 +46,19 @@ inline void tile(const float* a, const float* b, int64_t n, float* c, int64_t ld
       for (int i = 0; i < mi; ++i) std::memcpy(edge + i * MO, c + i * ldc, mo * sizeof(float));
     dst = edge, ld = MO, first = false;
   }
-  vf acc[MI][2];
-  for (int i = 0; i < MI; ++i) {
-    acc[i][0] = first ? vf{} : load(dst + i * ld);
-    acc[i][1] = first ? vf{} : load(dst + i * ld + W);
-  }
+  vf acc[MI][TV];
+  for (int i = 0; i < MI; ++i)
+    for (int v = 0; v < TV; ++v) acc[i][v] = first ? vf{} : load(dst + i * ld + v * W);
   for (int64_t k = 0; k < n; ++k) {
-    const vf b0 = load(b + k * MO), b1 = load(b + k * MO + W);
+    vf bv[TV];
+    for (int v = 0; v < TV; ++v) monl::in_register(bv[v] = load(b + k * MO + v * W));
     for (int i = 0; i < MI; ++i) {
       const vf x = splat(a[k * MI + i]);
-      acc[i][0] += x * b0;
-      acc[i][1] += x * b1;
+      for (int v = 0; v < TV; ++v) acc[i][v] += x * bv[v];
     }
   }
-  for (int i = 0; i < MI; ++i) {
-    store(dst + i * ld, acc[i][0]);
-    store(dst + i * ld + W, acc[i][1]);
-  }
+  for (int i = 0; i < MI; ++i)
+    for (int v = 0; v < TV; ++v) store(dst + i * ld + v * W, acc[i][v]);
   if (dst == edge)
     for (int i = 0; i < mi; ++i) std::memcpy(c + i * ldc, edge + i * MO, mo * sizeof(float));
 }
@@ -126,3 +124,7 @@ ffi::Error TransposedProduct(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi:
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MonlTransposedProduct, TransposedProduct,
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
+
+// The vector width and register-tile rows the library was built with (cpu_kernels.vector_shape()).
+extern "C" int MonlVectorWidth() { return monl::W; }
+extern "C" int MonlTileRows() { return monl::TR; }
