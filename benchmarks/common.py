@@ -33,15 +33,27 @@ CONFIG_FILES = {"default": "configs/default.py", "midsize": "configs/midsize.py"
 
 
 # ----------------------------------------------------------------------------------------- machine
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
+def cpu_model(cpuinfo: str | None = None) -> str:
+  """The CPU's model name with its family / model numbers and widest vector ISA, e.g. "AMD EPYC (family 25
+  model 1, AVX2)": virtual machines often report a bare "AMD EPYC" for different generations, and the
+  ISA decides the C++ kernels' vector width (PERF_LOG section 18)."""
+  if cpuinfo is None:
+    try:
+      with open("/proc/cpuinfo") as f:
+        cpuinfo = f.read()
+    except OSError:
+      return platform.processor() or platform.machine()
+  fields = {}
+  for line in cpuinfo.splitlines():
+    key, _, value = line.partition(":")
+    fields.setdefault(key.strip(), value.strip())  # the first processor's
+  name = fields.get("model name") or platform.processor() or platform.machine()
+  flags = set((fields.get("flags") or fields.get("Features") or "").split())
+  isa = next((label for flag, label in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"),
+                                        ("sse4_2", "SSE4.2"), ("asimd", "NEON")) if flag in flags), None)
+  details = [f"family {fields['cpu family']} model {fields['model']}"] if "cpu family" in fields else []
+  details += [isa] if isa else []
+  return f"{name} ({', '.join(details)})" if details else name
 
 
 def load_avg() -> tuple[float, float, float]:

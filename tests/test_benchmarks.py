@@ -161,3 +161,19 @@ def test_step_flops_counts_the_products_the_cpu_kernels_compute():
     assert layers.CPU_MATMUL_MIN_ROWS == 1  # restored to what it was
   finally:
     layers.CPU_MATMUL_MIN_ROWS = before
+
+
+def test_cpu_model_names_the_generation_and_vector_isa():
+  """Two hosts that both call themselves "AMD EPYC" (Zen 3 with AVX2, Zen 4 with AVX-512) must not look
+  alike in a benchmark's header: the ISA sets the C++ kernels' vector width."""
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  try:
+    import common
+  finally:
+    sys.path.pop(0)
+  zen3 = "processor\t: 0\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx avx2 fma\n"
+  zen4 = zen3.replace("model\t\t: 1", "model\t\t: 17").replace("fma", "fma avx512f avx512bw")
+  assert common.cpu_model(zen3) == "AMD EPYC (family 25 model 1, AVX2)"
+  assert common.cpu_model(zen4) == "AMD EPYC (family 25 model 17, AVX-512)"
+  arm = "processor\t: 0\nFeatures\t: fp asimd evtstrm\nCPU implementer\t: 0x41\n"
+  assert common.cpu_model(arm).endswith("(NEON)")
