@@ -86,7 +86,9 @@ struct Head {
   // L1 sets (AVX2 -5 %)
   int L, K, Lp, Kp, Lq, Lt;
   std::vector<float> q, kt, krow, vt, vrow, o, d;
-  Head(int L_, int K_) : L(L_), K(K_), Lp(round_up(L_, W)), Kp(round_up(K_, W)), Lq(round_up(L_, RB)), Lt(Lp + 64 / int(sizeof(float))) {}
+  Head(int L_, int K_)
+      : L(L_), K(K_), Lp(round_up(L_, W)), Kp(round_up(K_, W)), Lq(round_up(L_, RB)),
+        Lt(Lp + 64 / int(sizeof(float))) {}
 
   // rows [L, K] (row i at src + i * stride) -> [Lr, Kp] zero padded
   static void rows(const float* src, int64_t stride, int L, int K, int Lr, int Kp, std::vector<float>& dst) {
@@ -134,8 +136,9 @@ void rows_times_cols(const float* a, const float* bt, int Kp, int Lp, int Lt, fl
 }
 
 // The products use register tiles of R rows x 2 vectors (cpu_kernels.h), in which every loaded vector
-// feeds R FMAs and every broadcast 2: on AVX-512 (R = 8) one load per 1.6 FMAs keeps them FMA-bound. (Tiles of 4 x 4, each vector feeding 4 FMAs as a memory operand, ran at half that rate
-// on AVX-512: loads rather than FMAs were the limit.)
+// feeds R FMAs and every broadcast 2: on AVX-512 (R = 8) one load per 1.6 FMAs keeps them FMA-bound.
+// (Tiles of 4 x 4, each vector feeding 4 FMAs as a memory operand, ran at half that rate on AVX-512:
+// loads rather than FMAs were the limit.)
 
 // o[r, c0 : c0 + NV W] = sum_j p[r, j] * b[j, c0 : ...] for R rows of p ([., Lp], first L columns).
 // NV is a template argument so that the accumulators stay in registers.
@@ -317,7 +320,8 @@ void backward_head(Head& hd, const HeadArgs& a, const float* out, const float* d
     const int rows = std::min(RB, L - i0);
     for (int s0 = 0; s0 < RB; s0 += R) {
       if (!probs) logits(hd, i0 + s0, scale, a.bias, &p[size_t(s0) * Lp]);
-      rows_times_cols(&hd.o[size_t(i0 + s0) * Kp], hd.vt.data(), Kp, Lp, hd.Lt, &dp[size_t(s0) * Lp]);  // dP = dO V^T
+      // dP = dO V^T
+      rows_times_cols(&hd.o[size_t(i0 + s0) * Kp], hd.vt.data(), Kp, Lp, hd.Lt, &dp[size_t(s0) * Lp]);
     }
     // P: the kept rows in place when they need no padding, else padded in p (recomputed or copied).
     const float* pb = p.data();

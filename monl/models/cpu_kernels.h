@@ -32,7 +32,7 @@ constexpr int W = 4;
 #endif
 // Register tiles are TR rows x TV vectors: 2 TR accumulators, TV loaded vectors and a broadcast. Eight
 // rows (19 registers) fit the 32 of AVX-512 and AArch64; x86 below AVX-512 has 16, and takes four rows
-// (11 registers: 4 x 2 ran 10-14 % faster than 8 x 1 on AVX2, PERF_LOG section 18).
+// (11 registers: 4 x 2 ran 7-11 % faster than 8 x 1 on AVX2, PERF_LOG section 18).
 #if defined(__AVX512F__) || defined(__aarch64__)
 constexpr int TR = 8;
 #else
