@@ -110,9 +110,8 @@ def test_kernels_at_every_x86_vector_width(march, tmp_path):
   ($MONL_KERNEL_MARCH, in a subprocess)."""
   runs = [level for level, needs in sorted(X86_LEVELS.items()) if needs <= _cpu_flags()]
   if march not in runs[:-1]:
-    cmd = [cpu_kernels._compiler(), *cpu_kernels.FLAGS, f"-march={march}", "-I", jax.ffi.include_dir(),
-           *(p for p in cpu_kernels.SOURCES if p.endswith(".cc")), "-o", str(tmp_path / "kernels.so")]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cpu_kernels.compile_command(str(tmp_path / "kernels.so"), march), capture_output=True,
+                          text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return
   env = dict(os.environ, MONL_KERNEL_MARCH=march, MONL_KERNEL_CACHE=str(tmp_path / "cache"), JAX_PLATFORMS="cpu")

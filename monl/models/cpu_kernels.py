@@ -46,9 +46,15 @@ def _compiler() -> str:
                           "config.model.attention='xla' runs without it")
 
 
-def flags() -> tuple[str, ...]:
-  """The compiler's flags: FLAGS and the target (-march=native unless $MONL_KERNEL_MARCH names one)."""
-  return (*FLAGS, f"-march={os.environ.get('MONL_KERNEL_MARCH') or 'native'}")
+def flags(march: str | None = None) -> tuple[str, ...]:
+  """The compiler's flags: FLAGS and the target (`march`, else $MONL_KERNEL_MARCH, else native)."""
+  return (*FLAGS, f"-march={march or os.environ.get('MONL_KERNEL_MARCH') or 'native'}")
+
+
+def compile_command(output: str, march: str | None = None) -> list[str]:
+  """The command that compiles the library to `output` (for `march`, as `flags` reads it)."""
+  return [_compiler(), *flags(march), "-I", jax.ffi.include_dir(), *(p for p in SOURCES if p.endswith(".cc")),
+          "-o", output]
 
 
 def _cpu_id() -> str:
@@ -90,7 +96,7 @@ def build() -> str:
       raise KernelUnavailable(f"cannot write the CPU kernels' cache {os.path.dirname(path)} ({e}); "
                               "set MONL_KERNEL_CACHE to a writable directory") from e
     os.close(fd)
-    cmd = [_compiler(), *flags(), "-I", jax.ffi.include_dir(), *(p for p in SOURCES if p.endswith(".cc")), "-o", tmp]
+    cmd = compile_command(tmp)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
       os.unlink(tmp)
