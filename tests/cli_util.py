@@ -17,9 +17,8 @@ def train_command(data_dir: str, workdir: str, **overrides) -> list[str]:
 
 
 def env() -> dict:
-  e = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-  e.pop("XLA_FLAGS", None)
-  return e
+  from conftest import xla_flags
+  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", XLA_FLAGS=xla_flags())
 
 
 def read_batches(path) -> dict[int, list[str]]:

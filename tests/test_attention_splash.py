@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from configs import avdit_paper, default
+from conftest import xla_flags
 from monl.models import avdit, layers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -74,7 +75,7 @@ print("OK")
 def run_sharded(impl: str, length: int, head_dim: int, with_bias: bool) -> None:
   """`impl` against "xla" (values, gradients) under fsdp_tp and dp meshes of 8 fake CPU devices, in a
   subprocess (this one has 1): its shard_map must not double or drop gradients."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+  env = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=8"), JAX_PLATFORMS="cpu",
              PYTHONPATH=os.path.dirname(HERE))
   script = _SHARDED.format(impl=impl, length=length, head_dim=head_dim, with_bias=with_bias)
   proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)

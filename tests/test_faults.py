@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from cli_util import ROOT, env
-from conftest import tiny_config
+from conftest import tiny_config, xla_flags
 from monl import validate
 from monl.sample import run
 from monl.train import checkpoint as ckpt_lib
@@ -210,7 +210,7 @@ print("ok")
 def test_checksums_verify_on_another_mesh(tmp_path):
   """Sums of integer words do not depend on the sharding: a checkpoint saved on a 2x2 mesh verifies on a
   2-device and a 1-device mesh (four fake CPU devices, in a subprocess)."""
-  e = dict(env(), XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  e = dict(env(), XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=4"))
   proc = subprocess.run([sys.executable, "-c", _OTHER_MESH], cwd=ROOT, env=e, capture_output=True, text=True,
                         timeout=300)
   assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]

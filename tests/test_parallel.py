@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import tiny_config
+from conftest import tiny_config, xla_flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -15,7 +15,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 @pytest.fixture(scope="module")
 def eight_devices(builtin_dataset, tmp_path_factory):
   out = tmp_path_factory.mktemp("mdev") / "out.json"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=8"), JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, os.path.join(HERE, "multidevice_worker.py"), builtin_dataset, str(out)],
                         env=env, capture_output=True, text=True, timeout=1500)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
