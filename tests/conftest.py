@@ -1,4 +1,5 @@
-"""Test-wide settings: CPU only, quiet logs, repo root importable (for `configs`)."""
+"""Test-wide settings: CPU only, quiet logs, unoptimised XLA code (below), the longest files first, repo
+root importable (for `configs`)."""
 import os
 import sys
 
