@@ -2,6 +2,8 @@
 import os
 import sys
 
+from conftest import xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The same shrink as conftest.tiny_config, as command-line overrides of configs/default.py.
@@ -17,7 +19,6 @@ def train_command(data_dir: str, workdir: str, **overrides) -> list[str]:
 
 
 def env() -> dict:
-  from conftest import xla_flags
   return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", XLA_FLAGS=xla_flags())
 
 
