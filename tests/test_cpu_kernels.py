@@ -1,7 +1,10 @@
 """monl's C++ kernels for XLA:CPU (monl/models/cpu_kernels.py): the build cache, the errors when they
-cannot be built, and the weight-gradient product (matmul_cpu.cc) against numpy and through `cpu_matmul`."""
+cannot be built, the weight-gradient product (matmul_cpu.cc) against numpy and through `cpu_matmul`, every
+x86-64 vector width, and both kernels against float64 references outside XLA (tests/kernel_check.cc), on
+this host and, where a cross compiler and qemu are installed, on AArch64."""
 import os
 import platform
+import shutil
 import subprocess
 import sys
 
@@ -121,3 +124,42 @@ def test_kernels_at_every_x86_vector_width(march, tmp_path):
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
   assert " passed" in proc.stdout and len(os.listdir(tmp_path / "cache")) == 1, proc.stdout[-2000:]
+
+
+def _kernel_check(compiler: str, march: str, tmp_path, run=()):
+  """Builds tests/kernel_check.cc (the kernels against float64 references, outside XLA) with `compiler`
+  for `march` and runs it (through `run`, an emulator, when given) -> its output."""
+  exe = str(tmp_path / f"kernel_check_{march}")
+  build = subprocess.run([compiler, *cpu_kernels.FLAGS[:2], f"-march={march}", "-static" if run else "-pthread",
+                          "-I", jax.ffi.include_dir(), os.path.join(ROOT, "tests", "kernel_check.cc"), "-o", exe],
+                         capture_output=True, text=True)
+  assert build.returncode == 0, build.stderr[-4000:]
+  proc = subprocess.run([*run, exe], capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0 and proc.stdout.endswith("all ok\n"), proc.stdout[-4000:] + proc.stderr[-2000:]
+  return proc.stdout
+
+
+def test_kernel_check_passes_on_this_host(tmp_path):
+  """The standalone check the AArch64 test runs under an emulator, run natively: it builds, its float64
+  references agree with the kernels, and it sees the library's vector shape."""
+  march = cpu_kernels.flags()[-1].removeprefix("-march=")  # native, or $MONL_KERNEL_MARCH as the library's
+  out = _kernel_check(cpu_kernels._compiler(), march, tmp_path)
+  width, rows = cpu_kernels.vector_shape()
+  assert out.startswith(f"vectors of {width} floats, register tiles of {rows} rows\n"), out[:200]
+
+
+AARCH64_TOOLS = ("aarch64-linux-gnu-g++", "qemu-aarch64")
+
+
+@pytest.mark.skipif(not all(map(shutil.which, AARCH64_TOOLS)),
+                    reason="needs a cross compiler and an emulator: apt-get install g++-aarch64-linux-gnu qemu-user")
+def test_kernels_on_aarch64_under_qemu(tmp_path):
+  """The NEON path (4-float vectors, 8-row tiles, the "+w" register constraint): the library compiles for
+  AArch64, and the kernels pass the float64 check under qemu."""
+  cross = shutil.which(AARCH64_TOOLS[0])
+  library = subprocess.run([cross, *cpu_kernels.FLAGS, "-march=armv8-a", "-I", jax.ffi.include_dir(),
+                            *(p for p in cpu_kernels.SOURCES if p.endswith(".cc")), "-o", str(tmp_path / "k.so")],
+                           capture_output=True, text=True)
+  assert library.returncode == 0, library.stderr[-4000:]
+  out = _kernel_check(cross, "armv8-a", tmp_path, run=(shutil.which(AARCH64_TOOLS[1]),))
+  assert out.startswith("vectors of 4 floats, register tiles of 8 rows\n"), out[:200]
