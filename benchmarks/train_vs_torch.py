@@ -136,11 +136,16 @@ def main(argv=None):
        f"{needed_13:.2f} of it; load avg at end {info['load_avg_end']}; wrote {path}"])
 
 
+def child_args(args) -> list[str]:
+  """This run's flags for the fresh processes of --separate and --allocators."""
+  return ["--config", args.config, "--iters", str(args.iters), "--warmup", str(args.warmup), *["--quick"] * args.quick,
+          *(a for kv in args.set or () for a in ("--set", kv))]
+
+
 def compare_separate(args) -> None:
   """Rounds of two fresh processes, each timing one implementation alone: monl under the allocator its CLI
   restarts with (`monl`), torch in a plain process (`glibc`), as a user of either runs them."""
-  child = ["--config", args.config, "--iters", str(args.iters), "--warmup", str(args.warmup)]
-  child += ["--quick"] * args.quick + [a for kv in args.set or () for a in ("--set", kv)]
+  child = child_args(args)
   out = f"{args.out.removesuffix('.json')}_separate"  # its own files: not the side-by-side run's
   rows = []
   for r in range(args.separate):
@@ -166,8 +171,7 @@ def compare_separate(args) -> None:
 
 def compare_allocators(args) -> None:
   """One run per allocator setting (fresh processes, sequential), then one table of all of them."""
-  child = ["--config", args.config, "--iters", str(args.iters), "--warmup", str(args.warmup)]
-  child += ["--quick"] * args.quick + [a for kv in args.set or () for a in ("--set", kv)]
+  child = child_args(args)
   names = [n.strip() for n in args.allocators.split(",") if n.strip()]
   runs = common.run_per_allocator(os.path.abspath(__file__), child, names, args.out)
   rows = [dict(r, allocator=run["machine"]["allocator"], speedup=run["speedup_jax_over_torch"])

@@ -130,7 +130,8 @@ def _kernel_check(compiler: str, march: str, tmp_path, run=()):
   """Builds tests/kernel_check.cc (the kernels against float64 references, outside XLA) with `compiler`
   for `march` and runs it (through `run`, an emulator, when given) -> its output."""
   exe = str(tmp_path / f"kernel_check_{march}")
-  build = subprocess.run([compiler, *cpu_kernels.FLAGS[:2], f"-march={march}", "-static" if run else "-pthread",
+  program = [f for f in cpu_kernels.FLAGS if f not in ("-shared", "-fPIC")]  # an executable, not the library
+  build = subprocess.run([compiler, *program, f"-march={march}", "-static" if run else "-pthread",
                           "-I", jax.ffi.include_dir(), os.path.join(ROOT, "tests", "kernel_check.cc"), "-o", exe],
                          capture_output=True, text=True)
   assert build.returncode == 0, build.stderr[-4000:]
@@ -157,8 +158,7 @@ def test_kernels_on_aarch64_under_qemu(tmp_path):
   """The NEON path (4-float vectors, 8-row tiles, the "+w" register constraint): the library compiles for
   AArch64, and the kernels pass the float64 check under qemu."""
   cross = shutil.which(AARCH64_TOOLS[0])
-  library = subprocess.run([cross, *cpu_kernels.FLAGS, "-march=armv8-a", "-I", jax.ffi.include_dir(),
-                            *(p for p in cpu_kernels.SOURCES if p.endswith(".cc")), "-o", str(tmp_path / "k.so")],
+  library = subprocess.run(cpu_kernels.compile_command(str(tmp_path / "k.so"), "armv8-a", cross),
                            capture_output=True, text=True)
   assert library.returncode == 0, library.stderr[-4000:]
   out = _kernel_check(cross, "armv8-a", tmp_path, run=(shutil.which(AARCH64_TOOLS[1]),))

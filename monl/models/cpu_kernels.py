@@ -51,10 +51,11 @@ def flags(march: str | None = None) -> tuple[str, ...]:
   return (*FLAGS, f"-march={march or os.environ.get('MONL_KERNEL_MARCH') or 'native'}")
 
 
-def compile_command(output: str, march: str | None = None) -> list[str]:
-  """The command that compiles the library to `output` (for `march`, as `flags` reads it)."""
-  return [_compiler(), *flags(march), "-I", jax.ffi.include_dir(), *(p for p in SOURCES if p.endswith(".cc")),
-          "-o", output]
+def compile_command(output: str, march: str | None = None, compiler: str | None = None) -> list[str]:
+  """The command that compiles the library to `output` (for `march`, as `flags` reads it) with `compiler`
+  (default: the host's, `_compiler()`; the tests pass a cross compiler)."""
+  return [compiler or _compiler(), *flags(march), "-I", jax.ffi.include_dir(),
+          *(p for p in SOURCES if p.endswith(".cc")), "-o", output]
 
 
 def _cpu_id() -> str:
