@@ -96,13 +96,13 @@ ALLOCATORS = ("glibc", "glibc_settings", "tbb", "jemalloc", "monl")
 
 def allocator_env(name: str) -> dict:
   """This process's environment with only the named allocator setting (ALLOCATORS; monl.allocator)."""
-  from monl import allocator
+  from monl import allocator, host
   env = {k: v for k, v in os.environ.items()
          if k not in (*allocator.GLIBC_ENV, *allocator.TBB_ENV, "LD_PRELOAD", "MALLOC_CONF")}
   env[allocator.OPT_OUT] = "0"  # a child that runs monl's CLI must not add the settings again
   if name == "monl":
     chosen = allocator.choose(env | {allocator.OPT_OUT: "1"}, libc=platform.libc_ver()[0],
-                              accelerators=allocator.accelerator_nodes(), tbb=allocator.tbbmalloc_preload(),
+                              accelerators=host.accelerator_nodes(), tbb=allocator.tbbmalloc_preload(),
                               step_bytes=float("inf"))
     env.update({} if isinstance(chosen, str) else chosen[0])
   elif name == "glibc_settings":

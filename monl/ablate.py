@@ -69,6 +69,8 @@ from typing import Any
 import numpy as np
 from etils import epath
 
+from monl import host
+
 BASE_TRAIN_STEPS = 2000  # ~70-80 s per model of configs/default.py on 2 CPU cores
 BASE_EVAL_NUM = 64
 EVAL_STEPS = 25
@@ -608,4 +610,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+  host.apply_cpu_platform_default()
   main()

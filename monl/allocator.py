@@ -22,12 +22,13 @@ preloaded (jemalloc through launch/env.sh, or the user's own LD_PRELOAD) or any 
 """
 from __future__ import annotations
 
-import glob
 import importlib.metadata
 import os
 import platform
 import sys
 from collections.abc import Mapping, Sequence
+
+from monl import host
 
 # glibc's tunables as environment variables (mallopt(3)): one arena, never mmap a block (it comes from the
 # heap and stays there when freed), never trim the top of the heap (SIZE_MAX: -1 is not accepted here).
@@ -45,12 +46,6 @@ OPT_OUT = "MONL_FAST_CPU"
 # measured on two configs, 14 MiB (default: 30% slower with them) and 2.6 GiB (mid-size: 1.22x faster);
 # the cut between them is a judgement, not a measured crossover.
 MIN_ACTIVATION_BYTES = 512 * 2**20
-# device nodes of TPU VMs (/dev/accel*, /dev/vfio/N on v5e and later) and NVIDIA GPUs
-ACCELERATOR_NODES = ("/dev/accel*", "/dev/vfio/[0-9]*", "/dev/nvidia[0-9]*")
-
-
-def accelerator_nodes() -> list[str]:
-  return sorted(p for pattern in ACCELERATOR_NODES for p in glob.glob(pattern))
 
 
 def tbbmalloc_preload() -> str | None:
@@ -120,7 +115,7 @@ def maybe_reexec(step_bytes: float | None = None, argv: Sequence[str] | None = N
   allocator `choose` picks, or returns when it picks none. Call it before any JAX backend or
   jax.distributed is initialised and before much is allocated: the work done before it is lost (it is
   redone after the restart)."""
-  chosen = choose(os.environ, libc=platform.libc_ver()[0], accelerators=accelerator_nodes(),
+  chosen = choose(os.environ, libc=platform.libc_ver()[0], accelerators=host.accelerator_nodes(),
                   tbb=tbbmalloc_preload(), step_bytes=step_bytes)
   if isinstance(chosen, str):
     return

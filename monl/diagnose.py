@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+from monl import host
 from monl import schedule as schedule_lib
 
 LEVELS = (1, 25, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000)
@@ -215,4 +216,5 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  host.apply_cpu_platform_default()
   main()

@@ -31,6 +31,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from monl import host
+
 COMMANDS = ("train", "params", "data", "sample", "plan", "evaluate", "check", "train_autoencoder")
 
 FLAGS = flags.FLAGS
@@ -337,4 +339,5 @@ def main(argv) -> int | None:
 
 
 if __name__ == "__main__":
+  host.apply_cpu_platform_default()  # no TPU probe (and libtpu's errors) on a CPU-only host
   sys.exit(app.run(main, argv=with_run_config(sys.argv)))

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from monl import allocator
+from monl import allocator, host
 from tests import cli_util
 
 TBB = "/p/lib/libtbbmalloc.so.2:/p/lib/libtbbmalloc_proxy.so.2"
@@ -78,7 +78,7 @@ def test_reexec_restarts_once_in_the_same_process_with_the_chosen_allocator():
   out = subprocess.run([sys.executable, "-c", pre + PROBE], cwd=cli_util.ROOT, env=env,
                        capture_output=True, text=True, timeout=60, check=True)
   result = json.loads(out.stdout.strip().splitlines()[-1])
-  chosen = allocator.choose(env, libc=platform.libc_ver()[0], accelerators=allocator.accelerator_nodes(),
+  chosen = allocator.choose(env, libc=platform.libc_ver()[0], accelerators=host.accelerator_nodes(),
                             tbb=allocator.tbbmalloc_preload(), step_bytes=float("inf"))
   assert not isinstance(chosen, str), chosen  # a CPU-only Linux host: one of the two applies
   assert result["env"] == {k: chosen[0].get(k) for k in VARS}

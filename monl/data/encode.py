@@ -54,6 +54,7 @@ import numpy as np
 from etils import epath
 from tqdm import tqdm
 
+from monl import host
 from monl.data import format as fmt
 from monl.data import prepare
 
@@ -349,4 +350,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  host.apply_cpu_platform_default()
   sys.exit(main())
