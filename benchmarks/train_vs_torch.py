@@ -192,8 +192,8 @@ def compare_allocators(args) -> None:
       ["speedup = torch step / monl step in the same run; vs_first_allocator = the first setting's step / "
        f"this one's, per impl; vs_first_torch = the first setting's torch step / this row's step (with "
        f"glibc first: against a plain torch process, which tbbmalloc slows); 1.3x the first torch needs "
-       f"{runs[0]['fraction_needed_for_1_3x']:.2f} of the matmul rate; load avg at end of each run: {[r['machine']['load_avg_end'] for r in runs]}; "
-       f"wrote {path}"])
+       f"{runs[0]['fraction_needed_for_1_3x']:.2f} of the matmul rate; load avg at end of each run: "
+       f"{[r['machine']['load_avg_end'] for r in runs]}; wrote {path}"])
 
 
 if __name__ == "__main__":
