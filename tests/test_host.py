@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-import cli_util
 from monl import host
+from tests import cli_util
 
 
 @pytest.mark.parametrize("environ, accelerators, libtpu, expected", [
